@@ -1,0 +1,1 @@
+"""Plain nn.Modules: no Lightning, no losses. Each family maps token ids to logits."""

@@ -1,0 +1,129 @@
+"""BERT in plain PyTorch: word + learned position + token-type embeddings with a LayerNorm,
+post-LayerNorm encoder blocks with exact (erf) GELU, and the masked-LM head
+(dense + GELU + LayerNorm + decoder tied to the word embeddings, plus a bias).
+
+Knows nothing of Lightning or of losses: `forward` maps token ids to logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lmforge.models.layers import ACTIVATIONS, Attention, FeedForward, check_length, padding_mask
+
+
+@dataclass
+class BERTConfig:
+    vocab_size: int
+    max_seq_len: int = 512
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.net.d_model={self.d_model} is not divisible by model.net.n_head={self.n_head}; "
+                "choose d_model as a multiple of n_head"
+            )
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"model.net.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})"
+            )
+
+
+class Block(nn.Module):
+    """Post-LN: x = LN(x + attn(x)); x = LN(x + mlp(x)), as the original BERT."""
+
+    def __init__(self, cfg: BERTConfig):
+        super().__init__()
+        self.attn = Attention(cfg.d_model, cfg.n_head, cfg.d_model // cfg.n_head, bias=True, dropout=cfg.dropout)
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.mlp = FeedForward(cfg.d_model, cfg.d_ff, activation="gelu", bias=True)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.ln_1(x + self.drop(self.attn(x, mask=mask)))
+        return self.ln_2(x + self.drop(self.mlp(x)))
+
+
+class BERT(nn.Module):
+    """Bidirectional encoder with an MLM head. Build with keyword arguments of `BERTConfig`."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        cfg = BERTConfig(**kwargs)
+        self.config = cfg
+        # padding_idx as HF: the pad row starts at zero and gets no gradient from the input side.
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.ln_emb = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # MLM head: transform, then project onto the (tied) word embeddings.
+        self.head_fc = nn.Linear(cfg.d_model, cfg.d_model)
+        self.head_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        if cfg.pad_token_id is not None:  # after apply: the tied lm_head init drew over the pad row
+            with torch.no_grad():
+                self.wte.weight[cfg.pad_token_id].zero_()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT: N(0, 0.02) weights, zero biases, unit LayerNorms.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """All parameters; with `exclude_embeddings`, without the position and token-type tables
+        (the word embeddings stay: they are the tied output layer too), as GPT."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.wpe.weight.numel() + self.wtt.weight.numel()
+        return n
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
+        padding keys are masked out, so padded positions cannot influence the others."""
+        b, t = input_ids.shape
+        check_length(t, self.config.max_seq_len)
+        pos = torch.arange(t, device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)
+        x = x + (self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0])
+        x = self.drop(self.ln_emb(x))
+        mask = padding_mask(attention_mask)
+        for block in self.blocks:
+            x = block(x, mask)
+        h = self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x)))
+        return self.lm_head(h)

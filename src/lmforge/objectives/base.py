@@ -1,0 +1,126 @@
+"""What every objective shares: optimisation, token accounting, loss logging, checkpoint metadata.
+
+An objective subclasses `LMObjective` and provides:
+  special_tokens   roles -> token strings its examples need (`eos` separates documents)
+  batch_builder()  how examples are built from blocks of the token stream
+  loss(batch)      (mean loss, number of target tokens) for a batch
+  sample_texts()   a few generations or predictions to show people what the model learned
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lmforge.errors import LmforgeError
+
+
+class LMObjective(L.LightningModule):
+    name: ClassVar[str] = "base"
+    special_tokens: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, net: nn.Module, optimizer, scheduler=None):
+        super().__init__()
+        self.net = net
+        # No save_hyperparameters: the optimizer/scheduler are Hydra partials that torch.load(weights_only)
+        # refuses. Checkpoints instead carry plain dicts (see on_save_checkpoint): the net's config, so
+        # exports can rebuild the architecture, and the run's resolved config when lmforge.train sets it.
+        self.run_config: dict | None = None
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_loss = MeanMetric()
+        self.tokens_seen = 0  # input tokens consumed in training, summed over ranks
+
+    # -- to be provided by each objective --
+    def batch_builder(self, seq_len: int, special_ids: dict[str, int]):
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def sample_texts(self, tokenizer, **kwargs) -> list[str]:
+        return []
+
+    # -- training --
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise LmforgeError(
+                f"train/loss became {loss.item()} at step {self.global_step}. Checkpoints saved so far are kept "
+                f"in the run folder. Lower model.optimizer.lr (now {self._peak_lr()}), keep gradient clipping on "
+                "(trainer.gradient_clip_val), or use a wider precision (trainer.precision=32-true)."
+            )
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self._current_lr(), prog_bar=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n = self.loss(batch)
+        self.val_loss.update(loss, n)
+
+    def on_validation_epoch_end(self) -> None:
+        mean = self.val_loss.compute()  # token-weighted, synced across ranks by torchmetrics
+        self.val_loss.reset()
+        self.log("val/loss", mean, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(mean.clamp(max=50)), sync_dist=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Norm before clipping: what the optimizer was given. Logged every step for dashboards.
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("grad_norm", torch.linalg.vector_norm(torch.stack(norms), 2))
+
+    # -- optimisation --
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                # Matrices (linear and embedding weights) decay; biases and norm gains do not.
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        wd = self.optimizer_factory.keywords.get("weight_decay", 0.0)
+        optimizer = self.optimizer_factory(
+            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self._total_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return int(self.trainer.estimated_stepping_batches)
+
+    def _peak_lr(self) -> float:
+        return self.optimizer_factory.keywords.get("lr", float("nan"))
+
+    def _current_lr(self) -> float:
+        opts = self.trainer.optimizers
+        return opts[0].param_groups[0]["lr"] if opts else self._peak_lr()
+
+    # -- checkpoints carry what they need to be exported and resumed --
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lmforge"] = {
+            "objective": self.name,
+            "net_class": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "net_config": self.net.config_dict(),
+            "tokens_seen": self.tokens_seen,
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = checkpoint.get("lmforge", {}).get("tokens_seen", 0)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    @staticmethod
+    def perplexity(loss: float) -> float:
+        return math.exp(min(loss, 50.0))

@@ -1,0 +1,31 @@
+"""OmegaConf resolvers used by conf/ (registered when lmforge is imported)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from omegaconf import OmegaConf
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: CPU autocast to bf16 runs on native instructions (measured ~2x faster here)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@lru_cache(maxsize=None)
+def default_precision() -> str:
+    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+ or a bf16 CPU), else fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def register() -> None:
+    if not OmegaConf.has_resolver("lmforge.default_precision"):
+        OmegaConf.register_new_resolver("lmforge.default_precision", default_precision)

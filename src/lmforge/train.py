@@ -1,0 +1,153 @@
+"""Build everything from the Hydra config and run fit/validate; leave a complete run folder.
+
+Order matters: the tokenizer must exist before the model, because the model's vocabulary
+size is the tokenizer's (rounded up). That one run-time fact is filled in here, in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lmforge.data.tokenizer import copy_tokenizer
+from lmforge.errors import LmforgeError
+from lmforge.summary import write_summary
+from lmforge.validate import check_config
+
+VOCAB_MULTIPLE = 64  # pad the embedding to a multiple of 64: faster matmuls, no effect on loss
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
+    """Instantiate each entry of a dict-of-configs group (callbacks, logger); skip null entries."""
+    if not group:
+        return []
+    return [instantiate(c, **kwargs) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _hydra_info() -> tuple[str, list[str]]:
+    if not HydraConfig.initialized():
+        return "unknown", []
+    hc = HydraConfig.get()
+    return hc.runtime.choices.get("model", "unknown"), list(hc.overrides.task)
+
+
+def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and validate as configured; return the summary written to `<run dir>/summary.json`."""
+    started = time.time()
+    run_dir = Path(cfg.paths.output_dir)
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    objective_cls = get_class(cfg.model._target_)
+    datamodule = instantiate(cfg.data)
+    datamodule.build(objective_cls.special_tokens)
+    with open_dict(cfg):
+        cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+    model = instantiate(cfg.model)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids))
+
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    model_name, overrides = _hydra_info()
+    summary: dict[str, Any] = {
+        "status": "failed", "objective": model.name, "model": model_name,
+        "params": model.num_parameters(), "steps": 0, "tokens": 0, "wall_time_s": 0.0,
+        "metrics": {}, "baseline": {"unigram_val_loss": datamodule.cache.meta["unigram_val_loss"]},
+        "data": {"corpus": datamodule.corpus.name, "train_tokens": datamodule.cache.meta["tokens"]["train"],
+                 "val_tokens": datamodule.cache.meta["tokens"]["val"], "vocab_size": datamodule.vocab_size},
+        "overrides": overrides,
+    }
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        copy_tokenizer(datamodule.tokenizer_path, run_dir)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for lg in trainer.loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        print(f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
+              f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
+              f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
+              f"{summary['baseline']['unigram_val_loss']:.3f}")
+
+    fit_started = time.time()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        summary["metrics"] = _final_metrics(trainer)  # validate() below resets the trainer's metrics
+        if not trainer.interrupted:  # a final validation at the last step, whatever val_check_interval is
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        summary["status"] = "interrupted" if trainer.interrupted else "completed"
+    except SystemExit:  # Lightning turns Ctrl-C into SystemExit after a graceful shutdown
+        summary["status"] = "interrupted"
+        raise
+    except BaseException as e:
+        summary["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        train_time = time.time() - fit_started
+        summary.update(steps=trainer.global_step, tokens=model.tokens_seen, wall_time_s=time.time() - started)
+        summary["metrics"] = {**summary["metrics"], **_final_metrics(trainer)}
+        summary["perf"] = {"tokens_per_sec": model.tokens_seen / train_time if train_time > 0 else None,
+                           "device": str(trainer.strategy.root_device)}
+        for cb in trainer.callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
+            if hasattr(cb, "summary_key") and hasattr(cb, "summary"):
+                section = cb.summary()
+                if section:
+                    summary[cb.summary_key] = {**summary.get(cb.summary_key, {}), **section}
+        if trainer.is_global_zero:
+            write_summary(run_dir, summary)
+            _print_run_folder(run_dir, summary)
+    return summary
+
+
+def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
+    m = summary["metrics"]
+    if "val/loss" in m:
+        gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
+        print(f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
+              f"{gap:.2f} nats below the unigram baseline; {summary['steps']} steps, {summary['tokens']:,} tokens, "
+              f"{summary['wall_time_s']:.0f}s")
+    print(f"Run folder ({summary['status']}): {run_dir}")
+    for p in sorted(run_dir.iterdir()):
+        print(f"  {p.name}{'/' if p.is_dir() else ''}")
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Entry used by the top-level train.py: user mistakes end with one message and exit status 2."""
+    try:
+        return run(cfg)
+    except Exception as e:
+        user_error = _find_user_error(e)
+        if user_error is None:
+            raise
+        print(f"\nerror: {user_error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _find_user_error(e: BaseException | None) -> LmforgeError | None:
+    """Hydra's instantiate wraps constructor errors; look through the chain for ours."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, LmforgeError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -1,0 +1,66 @@
+"""A user's mistake stops the run before compute with one clear message, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bad_utf8(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad_utf8")
+    (folder / "a.txt").write_text("fine text\n" * 50)
+    (folder / "b.txt").write_bytes(b"good start " * 10 + b"\xff\xfe bad bytes")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def empty_corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("empty")
+    (folder / "a.txt").write_text("")
+    (folder / "b.txt").write_text("")
+    return folder
+
+
+CASES = {
+    "zero lr": (["model.optimizer.lr=0"], ["model.optimizer.lr=0", "positive"]),
+    "negative lr": (["model.optimizer.lr=-1e-3"], ["model.optimizer.lr=-0.001"]),
+    "zero batch": (["data.batch_size=0"], ["data.batch_size=0"]),
+    "negative batch": (["data.batch_size=-4"], ["data.batch_size=-4"]),
+    "zero steps": (["trainer.max_steps=0"], ["trainer.max_steps=0"]),
+    "seq_len over context": (["data.seq_len=65"], ["data.seq_len=65", "model.net.max_seq_len=64"]),
+    "missing corpus": (["data.path=/nonexistent/corpus"], ["data.path='/nonexistent/corpus'", "no such file"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_config_mistakes_fail_fast_and_clearly(name, text_corpus):
+    overrides, expected = CASES[name]
+    args = [*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", *overrides]
+    proc = run_train(args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in expected:
+        assert fragment in proc.stderr, f"{fragment!r} not in: {proc.stderr[-800:]}"
+    assert "Epoch" not in proc.stdout, "training started despite the bad input"
+
+
+def test_invalid_utf8_names_file_and_offset(bad_utf8):
+    proc = run_train([*TINY, "data=text", f"data.path={bad_utf8}", "logger=csv"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "b.txt" in proc.stderr and "offset 110" in proc.stderr and "data.corpus.errors=replace" in proc.stderr
+
+
+def test_empty_corpus_is_named(empty_corpus):
+    proc = run_train([*TINY, "data=text", f"data.path={empty_corpus}", "logger=csv"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "empty" in proc.stderr
+
+
+def test_unknown_config_option_lists_the_choices():
+    proc = run_train(["model=gpt_huge"])
+    assert proc.returncode != 0
+    assert "gpt_tiny" in proc.stderr  # Hydra names the available options

@@ -1,0 +1,58 @@
+"""`python train.py` end to end as a subprocess, on a tiny model: run folder, summary, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY, run_dir_from_output, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(text_corpus):
+    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=20", "logger=csv"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir_from_output(proc.stdout), proc
+
+
+def test_run_folder_has_everything(first_run):
+    run_dir, proc = first_run
+    for name in ("summary.json", "config.yaml", "tokenizer.json", "samples.txt", ".hydra/config.yaml",
+                 "checkpoints/last.ckpt", "checkpoints/best.ckpt", "csv/metrics.csv", "train.log"):
+        assert (run_dir / name).exists(), f"{name} missing from the run folder"
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and s["objective"] == "clm" and s["model"] == "gpt_tiny"
+    assert s["steps"] == 20
+    assert s["tokens"] == 20 * 8 * 32  # steps x batch x seq_len
+    assert s["params"] > 0 and s["wall_time_s"] > 0
+    for key in ("train/loss", "val/loss", "val/ppl"):
+        assert key in s["metrics"]
+    assert s["baseline"]["unigram_val_loss"] > 0
+    assert "model=gpt_tiny" in s["overrides"]
+    assert "Run folder" in proc.stdout and "summary.json" in proc.stdout
+    header = (run_dir / "csv/metrics.csv").read_text().splitlines()[0]
+    for key in ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm"):
+        assert key in header
+
+
+def test_resume_continues_the_step_count(first_run, text_corpus):
+    run_dir, _ = first_run
+    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=30", "logger=csv",
+                      f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((run_dir_from_output(proc.stdout) / "summary.json").read_text())
+    assert s["steps"] == 30
+    assert s["tokens"] == 30 * 8 * 32  # token count is restored from the checkpoint, not restarted
+
+
+def test_default_logger_is_an_offline_wandb_run_in_the_run_folder(text_corpus):
+    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=4",
+                      "trainer.val_check_interval=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = run_dir_from_output(proc.stdout)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one offline W&B run under {run_dir / 'wandb'}"
+    assert list(runs[0].glob("*.wandb")), "the offline run has no .wandb record log"

@@ -1,0 +1,18 @@
+"""Train a language model: `python train.py [group=option ...] [key=value ...]`. See README.md."""
+
+import hydra
+
+import lmforge  # noqa: F401  (registers the config resolvers)
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from lmforge.train import main as train_main  # imported late so --help and config errors stay fast
+
+    summary = train_main(cfg)
+    return summary.get("metrics", {}).get("val/loss")  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
