@@ -1,0 +1,1 @@
+"""Lightning callbacks: throughput/MFU, emissions (``lmforge.callbacks.emissions``), samples."""
