@@ -9,7 +9,7 @@ class LmforgeError(Exception):
     """A problem the user can fix: bad config value, missing or malformed data."""
 
 
-class ConfigError(LmforgeError):
+class ConfigError(LmforgeError, ValueError):
     pass
 
 

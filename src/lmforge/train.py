@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.data.tokenizer import copy_tokenizer
+from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
@@ -88,6 +89,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
               f"{summary['baseline']['unigram_val_loss']:.3f}")
 
+    estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks)
+    if estimate:
+        summary["emissions"] = {"estimate": estimate}
+
     fit_started = time.time()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -123,7 +128,8 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
     if "val/loss" in m:
         gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
         print(f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
-              f"{gap:.2f} nats below the unigram baseline; {summary['steps']} steps, {summary['tokens']:,} tokens, "
+              f"{abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} the unigram baseline; "
+              f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
               f"{summary['wall_time_s']:.0f}s")
     print(f"Run folder ({summary['status']}): {run_dir}")
     for p in sorted(run_dir.iterdir()):
