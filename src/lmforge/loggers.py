@@ -1,14 +1,33 @@
-"""Logger factories: W&B (offline unless an API key is configured) and CSV."""
+"""Logger factories: W&B (offline unless an API key is configured), and the end-of-run hand-off.
+
+A W&B run made here is one a dashboard can use as is: named after the overrides that differ
+from the defaults, grouped by multirun/sweep, typed by objective, with `val/loss` summarised
+as its minimum and `perf/*` as their mean, the same run id when a run is resumed, and the
+`wandb sync` command printed at the end of an offline run.
+"""
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 from lmforge.errors import ConfigError
+from lmforge.perf import PERF_METRICS
+from lmforge.run_naming import multirun_group, run_name
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+RUN_FILE = "run.json"  # <run dir>/wandb/run.json: the W&B run id, so a resumed run continues it
+STEP_METRIC = "trainer/global_step"  # Lightning's x-axis for every metric
+# How a run's summary shows each metric: the best validation loss, the mean throughput. Named one by
+# one: W&B applies the first matching glob, and Lightning's "*" (the step axis) comes first.
+METRIC_SUMMARIES = {"val/loss": "min", "val/ppl": "min", **PERF_METRICS}
 
 
 def wandb_api_key_configured() -> bool:
@@ -22,10 +41,88 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", **kwargs):
-    """A Lightning WandbLogger writing its run into the run folder (`save_dir/wandb`).
+def previous_run(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The W&B run of the run folder a checkpoint lives in (`<run>/checkpoints/x.ckpt` or `<run>/x.ckpt`)."""
+    if not ckpt_path:
+        return None
+    ckpt = Path(ckpt_path)
+    for folder in (ckpt.parent.parent, ckpt.parent):
+        f = folder / "wandb" / RUN_FILE
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+class RunLogger(WandbLogger):
+    """Lightning's WandbLogger, plus metric summaries, a run id file, and a clean finish."""
+
+    def __init__(self, *, previous: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)  # deprecated in wandb, which warns when it is passed at all
+        self._previous = previous
+        self._prepared = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        run = super().experiment
+        if not self._prepared and hasattr(run, "define_metric"):
+            self._prepared = True
+            for name, how in METRIC_SUMMARIES.items():
+                run.define_metric(name, step_metric=STEP_METRIC, summary=how)
+            self._write_run_file(run)
+        return run
+
+    def _write_run_file(self, run) -> None:
+        offline_dirs = list((self._previous or {}).get("offline_dirs", []))
+        if run.settings._offline:
+            offline_dirs.append(str(Path(run.dir).parent))  # .../wandb/offline-run-<time>-<id>
+        info = {"id": run.id, "project": run.project, "entity": run.entity or None, "name": run.name,
+                "group": run.group or None, "url": getattr(run, "url", None) if not run.settings._offline else None,
+                "mode": "offline" if run.settings._offline else "online", "offline_dirs": offline_dirs}
+        path = Path(self.save_dir) / "wandb" / RUN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2) + "\n")
+
+    @rank_zero_only
+    def finish(self, summary: dict[str, Any], run_dir: Path) -> None:
+        """End the W&B run (several runs in one process — multiruns, sweeps — must not share one),
+        with the headline numbers and summary.json attached; print how to upload an offline run."""
+        if self._experiment is None or not hasattr(self._experiment, "finish"):
+            return
+        run = self._experiment
+        run.summary.update({k: summary[k] for k in ("status", "params", "steps", "tokens", "wall_time_s")
+                            if summary.get(k) is not None})
+        if (run_dir / "summary.json").is_file():
+            run.save(str(run_dir / "summary.json"), base_path=str(run_dir), policy="now")
+        offline = run.settings._offline
+        exit_code = {"completed": 0, "interrupted": 130}.get(summary.get("status"), 1)
+        run.finish(exit_code=exit_code)
+        self._experiment = None
+        if offline:
+            info = json.loads((Path(self.save_dir) / "wandb" / RUN_FILE).read_text())
+            print(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
+
+
+def finish_loggers(loggers: list, summary: dict[str, Any], run_dir: str | Path) -> None:
+    """Called once at the end of lmforge.train.run, after summary.json is written."""
+    for lg in loggers:
+        if isinstance(lg, RunLogger):
+            lg.finish(summary, Path(run_dir))
+
+
+def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", name: str | None = None,
+                 group: str | None = None, resume_from: str | None = None, **kwargs) -> RunLogger:
+    """A W&B logger writing its run into the run folder (`save_dir/wandb`).
 
     mode=auto: online when an API key is configured, otherwise offline (no prompt, no network).
+    name=None: the command-line overrides that differ from the defaults. group=None: WANDB_RUN_GROUP,
+    else the multirun's name. resume_from: the checkpoint being resumed; its run folder's W&B run
+    id is reused, so the resumed run continues the same W&B run. Other keys go to `wandb.init`
+    (entity, tags, notes, job_type, id, ...) or WandbLogger (log_model, checkpoint_name, ...).
     """
     if mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r}: choose one of {', '.join(WANDB_MODES)}.")
@@ -33,7 +130,16 @@ def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", **
         mode = "online" if wandb_api_key_configured() else "offline"
     os.environ.setdefault("WANDB_SILENT", "true")  # keep the console for our own messages
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    from lightning.pytorch.loggers import WandbLogger
+    import wandb
 
+    if wandb.run is not None:  # a run left open by an earlier job in this process: never log into it
+        wandb.finish()
+    previous = previous_run(resume_from)
+    if previous and not kwargs.get("id"):
+        kwargs["id"] = previous["id"]
+    group = group or os.environ.get("WANDB_RUN_GROUP") or multirun_group()
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
+    if kwargs.get("tags") is not None:
+        kwargs["tags"] = list(kwargs["tags"])
+    return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name or run_name(),
+                     group=group, **kwargs)

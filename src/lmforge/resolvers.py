@@ -26,6 +26,15 @@ def default_precision() -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
+def objective_name(target: str) -> str:
+    """`name` of an objective class given its `_target_` (clm, mlm, seq2seq): W&B's job_type."""
+    from hydra.utils import get_class
+
+    return str(getattr(get_class(target), "name", target.rsplit(".", 1)[-1]))
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("lmforge.default_precision"):
         OmegaConf.register_new_resolver("lmforge.default_precision", default_precision)
+    if not OmegaConf.has_resolver("lmforge.objective"):
+        OmegaConf.register_new_resolver("lmforge.objective", objective_name)

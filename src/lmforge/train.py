@@ -17,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.config_tree import print_config_tree
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
+from lmforge.loggers import finish_loggers
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -45,7 +47,8 @@ def _hydra_info() -> tuple[str, list[str]]:
 
 
 def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # perf/* are the throughput callback's: its summary() owns the "perf" section
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("perf/")}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -82,6 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_tokenizer(datamodule.tokenizer_path, run_dir)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.get("print_config", True):
+            print_config_tree(cfg)
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         print(f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
@@ -93,7 +98,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if estimate:
         summary["emissions"] = {"estimate": estimate}
 
-    fit_started = time.time()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary["metrics"] = _final_metrics(trainer)  # validate() below resets the trainer's metrics
@@ -107,11 +111,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        train_time = time.time() - fit_started
         summary.update(steps=trainer.global_step, tokens=model.tokens_seen, wall_time_s=time.time() - started)
         summary["metrics"] = {**summary["metrics"], **_final_metrics(trainer)}
-        summary["perf"] = {"tokens_per_sec": model.tokens_seen / train_time if train_time > 0 else None,
-                           "device": str(trainer.strategy.root_device)}
+        summary["perf"] = {"device": str(trainer.strategy.root_device)}  # the throughput callback adds its figures
         for cb in trainer.callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
             if hasattr(cb, "summary_key") and hasattr(cb, "summary"):
                 section = cb.summary()
@@ -120,6 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_summary(run_dir, summary)
             _print_run_folder(run_dir, summary)
+        finish_loggers(trainer.loggers, summary, run_dir)  # W&B: close the run, print `wandb sync` if offline
     return summary
 
 

@@ -1,39 +1,76 @@
-"""Generated samples: what the model learned, in words. Written to `samples.txt` in the run folder."""
+"""Generated samples: what the model learned, in words.
+
+At the end of fit they are written to `samples.txt` in the run folder and printed. With a W&B
+logger, samples are also generated at every validation during fit and logged as a W&B Table
+(`samples`: step, sample, text), so the dashboard shows the text improving step by step.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+TABLE_KEY = "samples"
+TABLE_COLUMNS = ["step", "sample", "text"]
 
 
 class GeneratedSamples(L.Callback):
-    """At the end of fit (global rank 0), ask the objective for samples, save and print them."""
+    """Ask the objective for samples (global rank 0): at each validation for W&B, and at the end of fit."""
 
     summary_key = "samples"
 
     def __init__(self, output_dir: str, num_samples: int = 3, max_new_tokens: int = 200,
-                 temperature: float = 0.8, top_k: int | None = 50, prompt: str = "", seed: int = 0):
+                 temperature: float = 0.8, top_k: int | None = 50, prompt: str = "", seed: int = 0,
+                 every_validation: bool = True):
         self.output_dir = Path(output_dir)
         self.kwargs = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, prompt=prompt, seed=seed)
+        self.every_validation = every_validation
         self.samples: list[str] = []
+        self.rows: list[list] = []  # every sample so far, for the W&B table
+        self._step: int | None = None  # the step self.samples were generated at
+
+    @staticmethod
+    def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only inside fit (not the sanity check, not a stand-alone validate) and only if a table has a reader.
+        if (self.every_validation and not trainer.sanity_checking and trainer.state.fn == "fit"
+                and self._wandb_loggers(trainer)):
+            self._generate(trainer, pl_module, log_table=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples = self._generate(trainer, pl_module)
+        if self._step != trainer.global_step:  # a validation at the last step already made them
+            self._generate(trainer, pl_module, log_table=True)
+        self._write(trainer)
 
     @rank_zero_only
-    def _generate(self, trainer, pl_module) -> list[str]:
+    def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, log_table: bool) -> None:
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         if tokenizer is None:
-            return []
-        samples = pl_module.sample_texts(tokenizer, **self.kwargs)
-        text = "\n\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(samples))
+            return
+        self.samples = pl_module.sample_texts(tokenizer, **self.kwargs)
+        self._step = trainer.global_step
+        if not log_table or not self.samples:
+            return
+        self.rows += [[trainer.global_step, i + 1, s] for i, s in enumerate(self.samples)]
+        for lg in self._wandb_loggers(trainer):
+            # The whole table each time: W&B shows the latest version of a key, so it must hold every step.
+            lg.log_text(key=TABLE_KEY, columns=TABLE_COLUMNS, data=[list(r) for r in self.rows],
+                        step=trainer.global_step)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer) -> None:
+        if not self.samples:
+            return
+        text = "\n\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(self.samples))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "samples.txt").write_text(text + "\n", encoding="utf-8")
         print(f"\nSamples after {trainer.global_step} steps:\n{text}\n")
-        return samples
 
     def summary(self) -> dict:
         return {"file": "samples.txt", "count": len(self.samples)} if self.samples else {}

@@ -1,0 +1,147 @@
+"""Throughput and MFU while training: `perf/tokens_per_sec`, `perf/mfu`, `perf/step_time_s`, ...
+
+Lightning's `Throughput` does the windowed rate arithmetic and is used here. Its callback,
+`ThroughputMonitor`, is not, because it (a) finds no peak FLOP/s on CPU nor for the H200 (its
+table has no such names), so it reports no MFU there; (b) counts the first steps, where
+torch.compile, cuDNN autotuning and the allocator warm up; (c) counts what runs between
+training steps inside fit (checkpoints, generated samples) as training time; and (d) logs under
+`train|device/...` names, not ours. This callback times training steps only: it drops the first
+`warmup_steps` optimizer steps and restarts its clock after every validation.
+
+Per device and in total: `perf/device/*` is what one device does, `perf/*` the sum over devices
+(the per-device rate measured on this rank times the world size, as `Throughput` assumes).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import Throughput
+
+from lmforge.flops import training_flops
+from lmforge.perf import DevicePeak, memory_gb, resolve_peak
+
+
+class ThroughputMFU(L.Callback):
+    """Log throughput, MFU and memory at every logged step; summarise the run in summary.json `perf`."""
+
+    summary_key = "perf"
+
+    def __init__(self, warmup_steps: int = 5, window: int = 10, peak_flops: float | None = None,
+                 prog_bar: bool = True):
+        """warmup_steps: optimizer steps left out of every figure (compile, autotune, allocator warm-up).
+        window: training batches the logged rates average over. peak_flops: FLOP/s of one device,
+        to override the table / CPU estimate (MFU = achieved / peak)."""
+        if warmup_steps < 0 or window < 2:
+            raise ValueError(f"warmup_steps must be >= 0 and window >= 2, got {warmup_steps} and {window}")
+        self.warmup_steps, self.window, self.peak_override, self.prog_bar = warmup_steps, window, peak_flops, prog_bar
+        self.peak: DevicePeak | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.throughput: Throughput | None = None
+        self._mark: float | None = None  # clock at the end of the last timed batch; None after a pause
+        self._start_step = 0
+        self.warmup_time = 0.0
+        self.time = 0.0  # timed training seconds after warm-up
+        self.steps = self.batches = self.samples = self.tokens = self.flops = 0
+        self.flops_known = True
+
+    # -- setup --
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._reset()
+        self.world_size = trainer.world_size
+        self.device = trainer.strategy.root_device
+        self.peak = resolve_peak(self.device, str(trainer.precision), self.peak_override)
+        self.throughput = Throughput(available_flops=self.peak.flops, world_size=self.world_size,
+                                     window_size=self.window)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step  # a resumed run warms up again from where it resumed
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels are asynchronous: wait, or the clock lies
+        return time.perf_counter()
+
+    # -- timing --
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        if self._mark is None:
+            self._mark = self._now()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._mark = None  # validation, checkpoints and samples are not training time
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        if self._mark is None or self.throughput is None:
+            return
+        now = self._now()
+        elapsed, self._mark = now - self._mark, now
+        if trainer.global_step - self._start_step <= self.warmup_steps:
+            self.warmup_time += elapsed
+            return
+        ids = batch["input_ids"]
+        flops = training_flops(getattr(pl_module, "net", pl_module), batch)
+        self.flops_known = self.flops_known and flops is not None
+        self.time += elapsed
+        self.steps = trainer.global_step - self._start_step - self.warmup_steps
+        self.batches += 1
+        self.samples += ids.shape[0]
+        self.tokens += ids.numel()
+        self.flops += flops or 0
+        self.throughput.update(time=self.time, batches=self.batches, samples=self.samples, lengths=self.tokens,
+                               flops=flops if self.flops_known else None)
+        self._log(pl_module, self.throughput.compute(), trainer.accumulate_grad_batches)
+
+    def _log(self, pl_module: L.LightningModule, m: dict[str, float], accumulate: int) -> None:
+        ws = self.world_size
+        values: dict[str, float] = {"perf/memory_gb": memory_gb(self.device)}
+        if "device/samples_per_sec" in m:
+            values.update({
+                "perf/tokens_per_sec": m["device/items_per_sec"] * ws,
+                "perf/samples_per_sec": m["device/samples_per_sec"] * ws,
+                "perf/step_time_s": accumulate / m["device/batches_per_sec"],
+                "perf/device/tokens_per_sec": m["device/items_per_sec"],
+                "perf/device/samples_per_sec": m["device/samples_per_sec"],
+            })
+        if "device/flops_per_sec" in m:
+            values["perf/flops_per_sec"] = m["device/flops_per_sec"] * ws
+            values["perf/device/flops_per_sec"] = m["device/flops_per_sec"]
+        if "device/mfu" in m:
+            values["perf/mfu"] = m["device/mfu"]
+        for key, value in values.items():
+            show = self.prog_bar and key == "perf/tokens_per_sec"
+            pl_module.log(key, float(value), on_step=True, on_epoch=False, prog_bar=show, rank_zero_only=True)
+
+    # -- summary.json --
+    def summary(self) -> dict[str, Any]:
+        """Whole-run figures over the timed steps after warm-up (per-device figures on this rank x world size)."""
+        if self.peak is None:
+            return {}
+        ws = self.world_size
+        out: dict[str, Any] = {
+            "device": self.peak.device_name, "device_type": self.device.type, "num_devices": ws,
+            "dtype": self.peak.dtype, "peak_flops": self.peak.flops, "peak_flops_source": self.peak.source,
+            "memory_gb": memory_gb(self.device), "memory": "cuda_max_allocated" if self.device.type == "cuda"
+            else "max_rss", "warmup_steps": self.warmup_steps, "warmup_time_s": self.warmup_time,
+        }
+        if self.steps <= 0 or self.time <= 0:
+            return out  # the run ended within its warm-up: no figure would be honest
+        out.update({
+            "tokens_per_sec": self.tokens * ws / self.time,
+            "tokens_per_sec_per_device": self.tokens / self.time,
+            "samples_per_sec": self.samples * ws / self.time,
+            "step_time_s": self.time / self.steps,
+            "measured_steps": self.steps, "measured_time_s": self.time,
+        })
+        if self.flops_known and self.flops > 0:
+            out["flops_per_step"] = self.flops * ws / self.steps  # all devices, one optimizer step
+            out["flops_per_sec"] = self.flops * ws / self.time
+            if self.peak.flops:
+                out["mfu"] = self.flops / self.time / self.peak.flops
+        return out

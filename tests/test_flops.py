@@ -1,0 +1,87 @@
+"""Analytic FLOPs per batch (lmforge.flops) against torch's FlopCounterMode, for every model family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmforge.flops import forward_flops, training_flops
+from lmforge.models.bert import BERT
+from lmforge.models.gpt import GPT
+from lmforge.models.t5 import T5, shift_right
+
+VOCAB = 128
+
+
+def counted(fn, backward: bool) -> int:
+    # The math SDPA backend: on CPU the fused kernel is invisible to FlopCounterMode (it would count 0).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = fn()
+        if backward:
+            out.float().sum().backward()
+    return counter.get_total_flops()
+
+
+def gpt_case():
+    net = GPT(vocab_size=VOCAB, max_seq_len=64, n_layer=2, n_head=4, d_model=64)
+    ids = torch.randint(0, VOCAB, (3, 40))
+    return net, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, lambda: net(ids)
+
+
+def bert_case():
+    net = BERT(vocab_size=VOCAB, max_seq_len=64, n_layer=3, n_head=2, d_model=32, d_ff=96, dropout=0.0)
+    ids = torch.randint(1, VOCAB, (4, 24))
+    mask = torch.ones_like(ids)
+    mask[0, 20:] = 0  # padding is computed all the same
+    return net, {"input_ids": ids, "attention_mask": mask, "labels": ids}, lambda: net(ids, mask)
+
+
+def t5_case(feed_forward: str, tie: bool, n_decoder_layer: int | None):
+    net = T5(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=80, n_layer=2, n_decoder_layer=n_decoder_layer, n_head=3,
+             feed_forward=feed_forward, tie_word_embeddings=tie, dropout=0.0)
+    ids = torch.randint(1, VOCAB, (2, 30))
+    labels = torch.randint(1, VOCAB, (2, 11))  # encoder and decoder lengths differ: cross-attention is t x s
+    dec = shift_right(labels, 0, 0)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "decoder_input_ids": dec}
+    return net, batch, lambda: net(ids, batch["attention_mask"], dec)
+
+
+CASES = {
+    "gpt": gpt_case,
+    "bert": bert_case,
+    "t5-v1.0": lambda: t5_case("relu", True, None),
+    "t5-v1.1-deeper-decoder": lambda: t5_case("gated-gelu", False, 3),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_analytic_flops_match_flop_counter(family):
+    torch.manual_seed(0)
+    net, batch, fn = CASES[family]()
+    fwd, train = counted(fn, backward=False), counted(fn, backward=True)
+    assert forward_flops(net, batch) == pytest.approx(fwd, rel=0.05)
+    assert training_flops(net, batch) == pytest.approx(train, rel=0.05)
+
+
+def test_t5_without_decoder_inputs_uses_the_labels_length():
+    net, batch, _ = t5_case("relu", True, None)
+    assert forward_flops(net, {k: v for k, v in batch.items() if k != "decoder_input_ids"}) == forward_flops(net, batch)
+
+
+def test_flops_follow_the_batch_shape_and_survive_compile_wrapping():
+    net, batch, _ = gpt_case()
+    longer = {"input_ids": torch.zeros(3, 64, dtype=torch.long)}
+    assert forward_flops(net, longer) > forward_flops(net, batch)
+
+    class Wrapped(torch.nn.Module):  # how torch.compile's OptimizedModule holds the net
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert forward_flops(Wrapped(net), batch) == forward_flops(net, batch)
+
+
+def test_unknown_family_gives_none():
+    assert training_flops(torch.nn.Linear(4, 4), {"input_ids": torch.zeros(2, 3)}) is None
