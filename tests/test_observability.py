@@ -15,13 +15,14 @@ import torch
 from conftest import TINY, run_dir_from_output, run_train
 from lmforge.flops import training_flops
 from lmforge.models.gpt import GPT
-from wandb_records import read_run
+from wandb_records import read_records, read_run
 
 pytestmark = pytest.mark.slow
 
 STEPS, WARMUP, BATCH, SEQ = 20, 3, 8, 32
 RUN_ARGS = [*TINY, "trainer.max_steps=20", "callbacks.throughput.warmup_steps=3", "callbacks.throughput.window=4",
-            "logger.wandb.project=obs", "logger.wandb.tags=[tiny,test]", "logger.wandb.notes=read back"]
+            "logger.wandb.project=obs", "logger.wandb.tags=[tiny,test]", "logger.wandb.notes=read back",
+            "logger.wandb.log_model=true"]
 DESIGN_METRICS = ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm", "perf/tokens_per_sec", "perf/mfu",
                   "perf/step_time_s")
 PERF_METRICS = ("perf/samples_per_sec", "perf/flops_per_sec", "perf/memory_gb", "perf/device/tokens_per_sec",
@@ -84,6 +85,15 @@ def test_wandb_samples_table_holds_every_validation(first):
     assert [r[:2] for r in latest["data"]] == [[10, 1], [10, 2], [10, 3], [20, 1], [20, 2], [20, 3]]
     saved = (run_dir / "samples.txt").read_text()
     assert all(text in saved for _, _, text in latest["data"][3:])  # samples.txt holds the last ones
+
+
+def test_checkpoints_become_wandb_model_artifacts(first):
+    _, _, offline, wb = first
+    records = read_records(next(offline.glob("*.wandb")))
+    models = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert models and all(m.name == f"model-{wb.run.run_id}" for m in models)
+    assert {"best", "latest"} <= {alias for m in models for alias in m.aliases}
+    assert all([f.path for f in m.manifest.contents] == ["model.ckpt"] for m in models)
 
 
 def test_offline_run_prints_its_sync_command(first):

@@ -15,6 +15,7 @@ Per device and in total: `perf/device/*` is what one device does, `perf/*` the s
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -58,6 +59,9 @@ class ThroughputMFU(L.Callback):
         self.world_size = trainer.world_size
         self.device = trainer.strategy.root_device
         self.peak = resolve_peak(self.device, str(trainer.precision), self.peak_override)
+        if self.device.type == "cpu" and self.peak.source != "config" and self.peak.flops and trainer.num_devices > 1:
+            # CPU "devices" are processes sharing one CPU's cores: each gets its share of the peak
+            self.peak = replace(self.peak, flops=self.peak.flops / trainer.num_devices)
         self.throughput = Throughput(available_flops=self.peak.flops, world_size=self.world_size,
                                      window_size=self.window)
 
