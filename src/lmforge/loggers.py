@@ -41,6 +41,10 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
+def _is_offline(run) -> bool:
+    return bool(getattr(run, "offline", False) or run.settings.mode == "offline")
+
+
 def previous_run(ckpt_path: str | None) -> dict[str, Any] | None:
     """The W&B run of the run folder a checkpoint lives in (`<run>/checkpoints/x.ckpt` or `<run>/x.ckpt`)."""
     if not ckpt_path:
@@ -69,7 +73,7 @@ class RunLogger(WandbLogger):
     @rank_zero_experiment
     def experiment(self):
         run = super().experiment
-        if not self._prepared and hasattr(run, "define_metric"):
+        if not self._prepared and hasattr(run, "define_metric") and not getattr(run, "disabled", False):
             self._prepared = True
             for name, how in METRIC_SUMMARIES.items():
                 run.define_metric(name, step_metric=STEP_METRIC, summary=how)
@@ -78,11 +82,11 @@ class RunLogger(WandbLogger):
 
     def _write_run_file(self, run) -> None:
         offline_dirs = list((self._previous or {}).get("offline_dirs", []))
-        if run.settings._offline:
+        if _is_offline(run):
             offline_dirs.append(str(Path(run.dir).parent))  # .../wandb/offline-run-<time>-<id>
         info = {"id": run.id, "project": run.project, "entity": run.entity or None, "name": run.name,
-                "group": run.group or None, "url": getattr(run, "url", None) if not run.settings._offline else None,
-                "mode": "offline" if run.settings._offline else "online", "offline_dirs": offline_dirs}
+                "group": run.group or None, "url": None if _is_offline(run) else getattr(run, "url", None),
+                "mode": "offline" if _is_offline(run) else "online", "offline_dirs": offline_dirs}
         path = Path(self.save_dir) / "wandb" / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2) + "\n")
@@ -91,14 +95,18 @@ class RunLogger(WandbLogger):
     def finish(self, summary: dict[str, Any], run_dir: Path) -> None:
         """End the W&B run (several runs in one process — multiruns, sweeps — must not share one),
         with the headline numbers and summary.json attached; print how to upload an offline run."""
-        if self._experiment is None or not hasattr(self._experiment, "finish"):
-            return
         run = self._experiment
+        if run is None or not hasattr(run, "finish"):
+            return
+        if getattr(run, "disabled", False):
+            run.finish()
+            self._experiment = None
+            return
         run.summary.update({k: summary[k] for k in ("status", "params", "steps", "tokens", "wall_time_s")
                             if summary.get(k) is not None})
         if (run_dir / "summary.json").is_file():
             run.save(str(run_dir / "summary.json"), base_path=str(run_dir), policy="now")
-        offline = run.settings._offline
+        offline = _is_offline(run)
         exit_code = {"completed": 0, "interrupted": 130}.get(summary.get("status"), 1)
         run.finish(exit_code=exit_code)
         self._experiment = None

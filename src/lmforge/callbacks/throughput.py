@@ -81,6 +81,9 @@ class ThroughputMFU(L.Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         self._mark = None  # validation, checkpoints and samples are not training time
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._mark = None  # nor is writing a checkpoint between training steps (every_n_train_steps)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         if self._mark is None or self.throughput is None:
             return
