@@ -141,7 +141,7 @@ def test_resume_continues_the_same_wandb_run(first, text_corpus):
     resumed_dir = run_dir_from_output(proc.stdout)
     (resumed_offline,) = (resumed_dir / "wandb").glob("offline-run-*")
     resumed = read_run(resumed_offline)
-    assert resumed.run.run_id == wb.run.run_id
+    assert resumed.run.run_id == wb.run.run_id and resumed.run.display_name == wb.run.display_name
     assert max(row.get("trainer/global_step", 0) for row in resumed.history) == 24
     # both halves are uploaded, in order, into the one run
     assert f"wandb sync {offline} {resumed_offline}" in proc.stdout

@@ -127,7 +127,7 @@ def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", na
     """A W&B logger writing its run into the run folder (`save_dir/wandb`).
 
     mode=auto: online when an API key is configured, otherwise offline (no prompt, no network).
-    name=None: the command-line overrides that differ from the defaults. group=None: WANDB_RUN_GROUP,
+    name=None: the resumed run's name, else the command-line overrides that differ from the defaults. group=None: WANDB_RUN_GROUP,
     else the multirun's name. resume_from: the checkpoint being resumed; its run folder's W&B run
     id is reused, so the resumed run continues the same W&B run. Other keys go to `wandb.init`
     (entity, tags, notes, job_type, id, ...) or WandbLogger (log_model, checkpoint_name, ...).
@@ -149,5 +149,6 @@ def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", na
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kwargs.get("tags") is not None:
         kwargs["tags"] = list(kwargs["tags"])
-    return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name or run_name(),
-                     group=group, **kwargs)
+    name = name or (previous or {}).get("name") or run_name()  # a resumed run keeps its name
+    return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name, group=group,
+                     **kwargs)
