@@ -51,6 +51,10 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("perf/")}
 
 
+def _stopped_as(trainer: L.Trainer) -> str | None:
+    return next((cb.final_status for cb in trainer.callbacks if getattr(cb, "final_status", None)), None)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as configured; return the summary written to `<run dir>/summary.json`."""
     started = time.time()
@@ -101,9 +105,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary["metrics"] = _final_metrics(trainer)  # validate() below resets the trainer's metrics
-        if not trainer.interrupted:  # a final validation at the last step, whatever val_check_interval is
+        stopped_as = _stopped_as(trainer)  # a callback that ended the run on purpose names it, e.g. "pruned"
+        if not trainer.interrupted and not stopped_as:  # a final validation at the last step
             trainer.validate(model, datamodule=datamodule, verbose=False)
-        summary["status"] = "interrupted" if trainer.interrupted else "completed"
+        summary["status"] = "interrupted" if trainer.interrupted else stopped_as or "completed"
     except SystemExit:  # Lightning turns Ctrl-C into SystemExit after a graceful shutdown
         summary["status"] = "interrupted"
         raise
