@@ -83,6 +83,16 @@ def _recover(study, storage) -> None:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
+def _same_grid_point(storage, study_id: int, number: int, retry_of: int) -> None:
+    """A retried trial takes over the grid point of the one it repeats: GridSampler gives queued
+    trials none, and needs one to tell when the grid is done."""
+    original = storage.get_trial_system_attrs(storage.get_trial_id_from_study_id_trial_number(study_id, retry_of))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    for key in ("search_space", "grid_id"):
+        if key in original:
+            storage.set_trial_system_attr(trial_id, key, original[key])
+
+
 def finished_count(study) -> int:
     """Trials that used up budget: completed, pruned, or failed on their own (not interrupted)."""
     from optuna.trial import TrialState
@@ -106,9 +116,11 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
     optuna.logging.set_verbosity(logging.WARNING)
     study, storage = open_study(spec)
     _recover(study, storage)
-    # A fresh seed per invocation, derived from the history: a resumed sweep does not redraw the
-    # samples of its first invocation, and the same command sequence stays reproducible.
-    study.sampler = _sampler(spec, spec.seed + len(study.get_trials(deepcopy=False)))
+    # TPE/random: a fresh seed per invocation, derived from the history, so a resumed sweep does not
+    # redraw its first samples. Grid: the same seed every time, since it fixes the order of the grid.
+    offset = 0 if spec.backend == "grid" else len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(spec, spec.seed + offset)
+    study_id = storage.get_study_id_from_name(spec.name)
     remaining = budget(spec) - finished_count(study)
     if remaining <= 0:
         runner.say(f"Sweep '{spec.name}' is complete ({budget(spec)} trials); nothing to run.")
@@ -120,6 +132,8 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
         if runner.stopping.is_set():
             trial.set_user_attr("interrupted", True)
             raise SweepInterrupted()
+        if spec.backend == "grid" and trial.user_attrs.get("retry_of") is not None:
+            _same_grid_point(storage, study_id, trial.number, trial.user_attrs["retry_of"])
         values = {p.key: _suggest(trial, p, spec.backend == "grid") for p in spec.space}
         overrides = [format_override(k, v) for k, v in values.items()]
         run_dir = spec.dir / trial_dir_name(trial.number)

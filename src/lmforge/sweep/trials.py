@@ -3,6 +3,7 @@ what happened from its summary.json. Shared by every backend."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -20,6 +21,9 @@ from lmforge.sweep.spec import SweepSpec
 # Adds the pruning callback to a trial; it finds its Optuna trial in <run dir>/optuna_trial.json.
 # The override is the same for every trial, so run labels and reports are not cluttered by it.
 PRUNING_OVERRIDE = "+callbacks.optuna_pruning={_target_:lmforge.callbacks.pruning.OptunaPruning}"
+
+
+log = logging.getLogger("lmforge.sweep")  # Hydra sends it to the console and <sweep dir>/sweep.log
 
 
 class SweepInterrupted(Exception):
@@ -42,7 +46,6 @@ class TrialRunner:
         self.spec = spec
         self.launcher = launcher
         self.stopping = threading.Event()
-        self.print_lock = threading.Lock()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -51,8 +54,7 @@ class TrialRunner:
         return env
 
     def say(self, text: str) -> None:
-        with self.print_lock:
-            print(text, flush=True)
+        log.info(text)
 
     def run(self, number: int, overrides: list[str], extra: list[str] = ()) -> Outcome:
         run_dir = self.spec.dir / trial_dir_name(number)
@@ -89,7 +91,7 @@ class TrialRunner:
         """Ctrl-C or SIGTERM: stop launching, stop running trials gracefully (they write summary.json)."""
         def handler(signum, frame):
             if not self.stopping.is_set():
-                self.say(f"\nStopping the sweep ({signal.Signals(signum).name}); re-run the same command to continue.")
+                self.say(f"Stopping the sweep ({signal.Signals(signum).name}); re-run the same command to continue.")
             self.stopping.set()
             self.launcher.stop()
 
