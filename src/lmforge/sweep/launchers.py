@@ -88,7 +88,7 @@ class SubmititLauncher:
 
         self.executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
         try:
-            self.executor.update_parameters(**(parameters or {}))
+            self.executor.update_parameters(**{k: v for k, v in (parameters or {}).items() if v is not None})
         except (ValueError, TypeError) as e:
             raise ConfigError(f"sweep.launcher.parameters: {e}") from None
         self.jobs: set[Any] = set()

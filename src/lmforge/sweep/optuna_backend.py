@@ -58,6 +58,7 @@ def _suggest(trial, p: Param, grid: bool) -> Any:
 def open_study(spec: SweepSpec):
     import optuna
 
+    optuna.logging.set_verbosity(logging.WARNING)  # sweep.py reports trials itself
     storage = optuna.storages.RDBStorage(storage_url(spec.dir),
                                          engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
@@ -113,7 +114,6 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
     """Run what is left of the sweep (raises SweepInterrupted when stopped by a signal)."""
     import optuna
 
-    optuna.logging.set_verbosity(logging.WARNING)
     study, storage = open_study(spec)
     _recover(study, storage)
     # TPE/random: a fresh seed per invocation, derived from the history, so a resumed sweep does not
