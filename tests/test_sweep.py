@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow
 MAX_STEPS = 6
 
 
-def trial_args(corpus: Path) -> list[str]:
+def trial_args(corpus: Path, callbacks: str = "none") -> list[str]:
     """A tiny, fast trial: validation every 2 steps gives the pruner 3 reports."""
     return ["model=gpt_tiny", "data=text", f"data.path={corpus}", "data.seq_len=32", "data.batch_size=8",
             "trainer.limit_val_batches=1", f"trainer.max_steps={MAX_STEPS}", "trainer.val_check_interval=2",
-            "logger=none", "callbacks=none", "+trainer.enable_checkpointing=false"]
+            "logger=none", f"callbacks={callbacks}", "+trainer.enable_checkpointing=false"]
 
 
 def run_sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -33,7 +33,7 @@ def run_sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProces
 def sweep(text_corpus, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweeps") / "lr"
     # gpt_lr's space; TPE's first samples are random (seed 0); one finished trial lets the median prune.
-    args = ["hparams_search=gpt_lr", *trial_args(text_corpus), "sweep.n_trials=4",
+    args = ["hparams_search=gpt_lr", *trial_args(text_corpus, callbacks="emissions"), "sweep.n_trials=4",
             "sweep.pruner.n_startup_trials=1", f"sweep.dir={sweep_dir}"]
     proc = run_sweep(args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -92,6 +92,18 @@ def test_best_is_the_minimum_over_the_completed_runs(sweep):
     assert f"lr: {s['best']['params']['model.optimizer.lr']}" in experiment
 
 
+def test_sweep_totals_add_up_every_trials_emissions(sweep):
+    sweep_dir, _, _ = sweep
+    s = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    runs = run_summaries(sweep_dir)
+    assert s["totals"]["trials_with_emissions"] == 4  # pruned trials cost energy too
+    for key in ("co2_kg", "energy_kwh"):
+        assert s["totals"][key] == pytest.approx(sum(r["emissions"][key] for r in runs.values()))
+        assert s["totals"][key] > 0
+    for t in s["trials"]:
+        assert t["emissions"]["co2_kg"] == runs[t["run_dir"]]["emissions"]["co2_kg"]
+
+
 def test_sweep_report(sweep):
     sweep_dir, _, _ = sweep
     report = sweep_dir / "report"
@@ -99,6 +111,12 @@ def test_sweep_report(sweep):
     assert "Best trial" in html and "data:image/png;base64," in html
     assert (report / "plots" / "sweep_params.png").stat().st_size > 0
     assert (report / "plots" / "sweep_history.png").stat().st_size > 0
+    # the emissions report (lmforge.report) over the same four run folders
+    data = json.loads((report / "report.json").read_text())
+    assert data["totals"]["runs"] == 4 and data["totals"]["missing_emissions"] == 0
+    assert data["totals"]["co2_kg"] == pytest.approx(json.loads((sweep_dir / "sweep_summary.json").read_text())
+                                                     ["totals"]["co2_kg"])
+    assert (report / "report.html").exists()
 
 
 def test_rerunning_a_finished_sweep_runs_nothing(sweep):

@@ -54,6 +54,7 @@ class SweepSpec:
     config_dirs: list[str] = field(default_factory=list)  # --config-dir given to sweep.py, passed on
     groups: list[str] = field(default_factory=list)  # config groups of the train config (model, data, ...)
     optional_groups: list[str] = field(default_factory=list)  # groups train.yaml leaves null (experiment, debug)
+    concurrent_overrides: list[str] = field(default_factory=list)  # added to trials that share this machine
     launcher: dict[str, Any] = field(default_factory=dict)
     wandb: dict[str, Any] = field(default_factory=dict)
     report: bool = True
@@ -93,6 +94,15 @@ def _optional_groups(hydra_cfg: Any) -> list[str]:
     return sorted(k for d in defaults if isinstance(d, DictConfig) for k, v in d.items() if v is None)
 
 
+def _concurrent_overrides(cfg: DictConfig, given: list[str]) -> list[str]:
+    """CodeCarbon's default machine mode counts the whole machine: trials running side by side here
+    would each be charged for all of them, so they measure their own process instead."""
+    key = "callbacks.emissions.tracking_mode"
+    if OmegaConf.select(cfg, "callbacks.emissions") is None or any(_key_of(o) == key for o in given):
+        return []
+    return [f"{key}=process"]
+
+
 def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec:
     """SweepSpec from sweep.py's composed config and its HydraConfig (overrides, choices, search path)."""
     s = cfg.sweep
@@ -130,7 +140,7 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
         direction=_choice(cfg, "sweep.direction", DIRECTIONS), n_trials=n_trials, n_jobs=int(s.n_jobs),
         seed=int(s.seed), sampler=sampler, pruner=pruner, space=space, trial_overrides=fixed + cli,
         train_script=train_script, config_dirs=config_dirs, groups=sorted(groups),
-        optional_groups=_optional_groups(hydra_cfg),
+        optional_groups=_optional_groups(hydra_cfg), concurrent_overrides=_concurrent_overrides(cfg, fixed + cli),
         launcher=OmegaConf.to_container(s.launcher, resolve=True) if s.get("launcher") else {},
         wandb=OmegaConf.to_container(s.wandb, resolve=True) if s.get("wandb") else {}, report=bool(s.report))
 

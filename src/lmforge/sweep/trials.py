@@ -58,6 +58,8 @@ class TrialRunner:
 
     def run(self, number: int, overrides: list[str], extra: list[str] = ()) -> Outcome:
         run_dir = self.spec.dir / trial_dir_name(number)
+        if self.spec.n_jobs > 1 and self.spec.launcher.get("name", "local") == "local":
+            extra = [*extra, *self.spec.concurrent_overrides]
         cmd = [sys.executable, *self.spec.train_command(overrides)[1:], *extra,
                f"hydra.run.dir={format_value(str(run_dir))}"]
         self.say(f"[trial {number}] {' '.join(overrides)}")
