@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     if summary.get("status") == "interrupted":
         sys.exit(130)
+    if summary.get("status") == "failed":
+        sys.exit(1)
     return (summary.get("best") or {}).get("value")
 
 

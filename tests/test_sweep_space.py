@@ -21,13 +21,18 @@ from lmforge.sweep.summary import experiment_name, experiment_yaml
 from lmforge.sweep.wandb_sweep import agent_args, sweep_config, wandb_parameter
 
 
-def sweep_spec(*overrides: str, tmp_path: Path | None = None):
-    """The SweepSpec sweep.py would build for `python sweep.py OVERRIDES`."""
+def compose_sweep(*overrides: str, tmp_path: Path | None = None):
+    """sweep.py's composed config for `python sweep.py OVERRIDES` (HydraConfig set as in the app)."""
     extra = [f"sweep.dir={tmp_path / 'sweep'}"] if tmp_path else []
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sweep", overrides=[*overrides, *extra], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
-    return build_spec(cfg, HydraConfig.get(), REPO / "train.py")
+    return cfg
+
+
+def sweep_spec(*overrides: str, tmp_path: Path | None = None):
+    """The SweepSpec sweep.py would build for `python sweep.py OVERRIDES`."""
+    return build_spec(compose_sweep(*overrides, tmp_path=tmp_path), HydraConfig.get(), REPO / "train.py")
 
 
 def test_hydra_sweep_grammar_becomes_typed_parameters():
@@ -76,6 +81,11 @@ def test_a_typo_in_the_space_stops_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="no key 'model.optimzer.lr'"):
         sweep_spec("hparams_search=gpt_lr", "+sweep.params.model.optimzer.lr='interval(0.1, 0.2)'",
                    tmp_path=tmp_path)
+
+
+def test_a_bad_shared_value_stops_before_any_trial(tmp_path):
+    with pytest.raises(ConfigError, match="data.seq_len=128 is longer"):
+        sweep_spec("hparams_search=gpt_lr", "model=gpt_tiny", "data.seq_len=128", tmp_path=tmp_path)
 
 
 def test_a_sweep_folder_refuses_a_different_command(tmp_path):
@@ -152,3 +162,23 @@ def test_sweep_config_records_its_identity(tmp_path):
     saved = json.loads((spec.dir / "sweep.json").read_text())
     assert saved["space"]["model.optimizer.lr"] == {"kind": "float", "low": 1e-4, "high": 1e-2, "log": True}
     assert format_value(1e-4) == "0.0001"
+
+
+def test_wandb_backend_without_a_key_writes_the_sweep_config_and_runs_nothing(tmp_path, caplog):
+    """sweep.py's W&B path up to where it would contact W&B: the config file and the commands to run."""
+    import logging
+
+    import yaml
+
+    from lmforge.sweep.runner import run_sweep
+
+    cfg = compose_sweep("hparams_search=gpt_lr", "sweep.backend=wandb", "sweep.wandb.create=false",
+                        tmp_path=tmp_path)
+    spec = build_spec(cfg, HydraConfig.get(), REPO / "train.py")
+    with caplog.at_level(logging.INFO, logger="lmforge.sweep"):
+        result = run_sweep(cfg, HydraConfig.get(), REPO / "train.py")
+    assert result["status"] == "created"
+    written = yaml.safe_load((spec.dir / "wandb_sweep.yaml").read_text())
+    assert written == sweep_config(spec)
+    assert "wandb sweep --project lmforge" in caplog.text and "wandb agent --count 20" in caplog.text
+    assert not list(spec.dir.glob("trial_*"))

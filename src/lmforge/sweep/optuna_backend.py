@@ -25,6 +25,7 @@ from lmforge.sweep.spec import SweepSpec
 from lmforge.sweep.trials import PRUNING_OVERRIDE, SweepInterrupted, TrialRunner, trial_dir_name
 
 STUDY_FILE = "study.db"
+FAILURES_BEFORE_ABORT = 3
 
 
 class TrialFailed(Exception):
@@ -58,7 +59,7 @@ def _suggest(trial, p: Param, grid: bool) -> Any:
 def open_study(spec: SweepSpec):
     import optuna
 
-    optuna.logging.set_verbosity(logging.WARNING)  # sweep.py reports trials itself
+    optuna.logging.set_verbosity(logging.ERROR)  # sweep.py reports trials (and their failures) itself
     storage = optuna.storages.RDBStorage(storage_url(spec.dir),
                                          engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
@@ -92,6 +93,17 @@ def _same_grid_point(storage, study_id: int, number: int, retry_of: int) -> None
     for key in ("search_space", "grid_id"):
         if key in original:
             storage.set_trial_system_attr(trial_id, key, original[key])
+
+
+def _nothing_works(study) -> bool:
+    """Every trial so far failed on its own: something all trials share is broken (an override, the data);
+    stop rather than spend the whole budget on the same error."""
+    from optuna.trial import TrialState
+
+    ended = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("launched")
+             and t.state != TrialState.RUNNING and not t.user_attrs.get("interrupted")]
+    failed = sum(t.state == TrialState.FAIL for t in ended) + 1  # + the trial failing now
+    return failed >= FAILURES_BEFORE_ABORT and failed == len(ended) + 1
 
 
 def finished_count(study) -> int:
@@ -154,6 +166,9 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
             trial.set_user_attr("interrupted", True)
             raise SweepInterrupted()
         trial.set_user_attr("error", outcome.message)
+        if _nothing_works(trial.study):
+            runner.aborted = f"the first {FAILURES_BEFORE_ABORT} trials all failed; the last: {outcome.message}"
+            trial.study.stop()
         raise TrialFailed(outcome.message)
 
     def stop_when_asked(study, _trial) -> None:

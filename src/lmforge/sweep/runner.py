@@ -8,11 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from lmforge.errors import ConfigError
 from lmforge.summary import read_summary
-from lmforge.sweep.launchers import make_launcher
+from lmforge.sweep.launchers import LocalLauncher, make_launcher
 from lmforge.sweep.spec import SweepSpec, build_spec, check_same_sweep
 from lmforge.sweep.summary import SUMMARY_FILE, write_sweep_files
 from lmforge.sweep.trials import SweepInterrupted, TrialRunner
@@ -46,8 +47,10 @@ def folder_records(spec: SweepSpec) -> list[dict[str, Any]]:
             s = read_summary(d)
         except (OSError, ValueError):
             s = {}
-        overrides = [o for o in s.get("overrides", []) if o.lstrip("+").split("=", 1)[0] in keys]
-        params = {o.lstrip("+").split("=", 1)[0]: o.split("=", 1)[1] for o in overrides}
+        parsed = OverridesParser.create().parse_overrides(s.get("overrides", []))
+        mine = [o for o in parsed if o.key_or_group in keys]
+        overrides = [o.input_line for o in mine]
+        params = {o.key_or_group: o.value() for o in mine}
         state = s.get("status") or "running"
         records.append({"number": number, "run_dir": d.name, "state": state, "overrides": overrides,
                         "params": params, "retry_of": None, "error": s.get("error")})
@@ -58,9 +61,9 @@ def run_sweep(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> dict[str, 
     spec = build_spec(cfg, hydra_cfg, train_script)
     with sweep_lock(spec.dir):
         check_same_sweep(spec)
-        runner = TrialRunner(spec, make_launcher(spec.launcher, spec.n_jobs, spec.dir))
         status = "completed"
-        if spec.backend == "wandb":
+        if spec.backend == "wandb":  # trials are the W&B agent's; sweep.py only runs the agent, here
+            runner = TrialRunner(spec, LocalLauncher(1))
             from lmforge.sweep.wandb_sweep import run_wandb_sweep
 
             done = sum(r["state"] in ("completed", "pruned", "failed") for r in folder_records(spec))
@@ -72,12 +75,15 @@ def run_sweep(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> dict[str, 
         else:
             from lmforge.sweep.optuna_backend import run_study, trial_records
 
+            runner = TrialRunner(spec, make_launcher(spec.launcher, spec.n_jobs, spec.dir))
             try:
                 run_study(spec, runner)
             except SweepInterrupted:
                 status = "interrupted"
+            if runner.aborted:
+                status = "failed"
             records = trial_records(spec)
-        summary = write_sweep_files(spec, records, status)
+        summary = write_sweep_files(spec, records, status, error=getattr(runner, "aborted", None))
         if spec.report:
             from lmforge.sweep.report import write_report
 
@@ -99,5 +105,8 @@ def _print_result(spec: SweepSpec, summary: dict[str, Any]) -> None:
               f"  {best['command']}\n  {best['experiment_command']}")
     if summary["status"] == "interrupted":
         print("Interrupted: re-run the same command to finish the sweep (finished trials are kept).")
+    if summary["status"] == "failed":
+        print(f"Stopped: {summary.get('error')}. Fix it and re-run with another sweep.name "
+              "(failed trials count against this sweep's budget).")
     print(f"Sweep folder: {spec.dir}  ({SUMMARY_FILE}{', report/sweep.html' if summary.get('report') else ''})")
     sys.stdout.flush()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import ConfigError
 from lmforge.sweep.space import Param, parse_space
+from lmforge.validate import check_config
 
 BACKENDS = ("optuna", "grid", "wandb")
 DIRECTIONS = ("minimize", "maximize")
@@ -126,6 +127,8 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
 
     groups = {g for g in hydra_cfg.runtime.choices if not g.startswith("hydra/")} - {"hparams_search"}
     space = parse_space(s.params, cfg, groups)
+    if not any(p.is_group for p in space):  # the shared part of every trial's config: check it once, here
+        check_config(cfg)                    # (with a group searched, trials differ too much to check here)
     cli = [o for o in hydra_cfg.overrides.task if not is_sweep_override(o)]
     cli_keys = {_key_of(o) for o in cli}
     fixed = [str(o) for o in (s.overrides or []) if _key_of(str(o)) not in cli_keys]  # the command line wins

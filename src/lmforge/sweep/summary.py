@@ -115,7 +115,8 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: str) -> dict[str, Any]:
+def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: str,
+                      error: str | None = None) -> dict[str, Any]:
     """Write sweep_summary.json (+ the best trial's command and experiment); return the summary."""
     trials = enrich(spec, records)
     best = best_trial(trials, spec.direction)
@@ -125,6 +126,8 @@ def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: st
         "space": spec_dict(spec)["space"], "trial_overrides": spec.trial_overrides,
         "totals": totals(trials), "best": None, "trials": trials,
     }
+    if error:
+        summary["error"] = error
     if best is not None:
         exp_path = spec.dir / "experiment" / f"{experiment_name(spec)}.yaml"
         exp_path.parent.mkdir(parents=True, exist_ok=True)

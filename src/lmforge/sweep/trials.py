@@ -46,6 +46,7 @@ class TrialRunner:
         self.spec = spec
         self.launcher = launcher
         self.stopping = threading.Event()
+        self.aborted: str | None = None  # why the sweep gave up (every trial failing), if it did
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -77,7 +78,8 @@ class TrialRunner:
         try:
             summary = read_summary(run_dir)
         except (OSError, ValueError):
-            return Outcome("failed", None, f"exit status {rc}, no summary.json; see {run_dir / 'console.log'}")
+            return Outcome("failed", None, f"exit status {rc}, no summary.json: {_last_line(run_dir / 'console.log')} "
+                                           f"(see {run_dir / 'console.log'})")
         status = summary.get("status")
         value = metric_value(summary, self.spec.metric)
         if status == "completed" and value is None:
@@ -106,6 +108,15 @@ class TrialRunner:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _last_line(path: Path) -> str:
+    """The last line a trial printed: for a config or data mistake, train.py's one-line `error: ...`."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def metric_value(summary: dict[str, Any], metric: str) -> float | None:

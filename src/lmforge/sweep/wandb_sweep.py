@@ -113,8 +113,9 @@ def run_wandb_sweep(spec: SweepSpec, runner: TrialRunner, remaining: int) -> boo
     entity = spec.wandb.get("entity")
     id_file = spec.dir / ID_FILE
     sweep_id = spec.wandb.get("sweep_id") or (id_file.read_text().strip() if id_file.exists() else None)
-    if not wandb_api_key_configured() or spec.wandb.get("create") is False:
-        runner.say(f"W&B sweep config: {spec.dir / CONFIG_FILE} (no W&B API key, so nothing was created).\n"
+    if not spec.wandb.get("create", True) or not wandb_api_key_configured():
+        why = "sweep.wandb.create=false" if not spec.wandb.get("create", True) else "no W&B API key"
+        runner.say(f"W&B sweep config: {spec.dir / CONFIG_FILE} ({why}, so nothing was created).\n"
                    "Create the sweep and start agents anywhere that shares this folder:\n"
                    f"  wandb sweep --project {project} {spec.dir / CONFIG_FILE}\n"
                    f"  wandb agent --count {remaining} <entity>/{project}/<sweep id>\n"
