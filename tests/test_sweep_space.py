@@ -68,12 +68,13 @@ def test_sampled_values_round_trip_through_hydras_override_parser(value):
 
 
 def test_spec_from_sweep_yaml_passes_other_overrides_to_every_trial(tmp_path):
-    spec = sweep_spec("hparams_search=gpt_lr", "model=gpt_tiny", "trainer.max_steps=15", "sweep.n_trials=3",
-                      tmp_path=tmp_path)
+    spec = sweep_spec("hparams_search=gpt_lr", "model=gpt_tiny", "data.seq_len=64", "trainer.max_steps=15",
+                      "sweep.n_trials=3", tmp_path=tmp_path)
     assert spec.name == "gpt_lr" and spec.n_trials == 3 and spec.backend == "optuna"
     assert [p.key for p in spec.space] == ["model.optimizer.lr", "model.scheduler.warmup_steps"]
     # gpt_lr's own trainer.max_steps=300 gives way to the command line's; sweep.* never reaches a trial
-    assert spec.trial_overrides == ["trainer.val_check_interval=50", "model=gpt_tiny", "trainer.max_steps=15"]
+    assert spec.trial_overrides == ["trainer.val_check_interval=50", "model=gpt_tiny", "data.seq_len=64",
+                                    "trainer.max_steps=15"]
     assert is_sweep_override("hydra.run.dir=x") and not is_sweep_override("hydra.searchpath=[file://x]")
 
 
