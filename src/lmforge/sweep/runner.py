@@ -15,7 +15,7 @@ from lmforge.errors import ConfigError
 from lmforge.summary import read_summary
 from lmforge.sweep.launchers import LocalLauncher, make_launcher
 from lmforge.sweep.spec import SweepSpec, build_spec, check_same_sweep
-from lmforge.sweep.summary import SUMMARY_FILE, write_sweep_files
+from lmforge.sweep.summary import SUMMARY_FILE, save_summary, write_sweep_files
 from lmforge.sweep.trials import SweepInterrupted, TrialRunner
 
 LOCK_FILE = ".sweep.lock"
@@ -83,11 +83,12 @@ def run_sweep(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> dict[str, 
             if runner.aborted:
                 status = "failed"
             records = trial_records(spec)
-        summary = write_sweep_files(spec, records, status, error=getattr(runner, "aborted", None))
+        summary = write_sweep_files(spec, records, status, error=runner.aborted)
         if spec.report:
             from lmforge.sweep.report import write_report
 
-            summary["report"] = str(write_report(spec, summary))
+            summary["report"] = str(write_report(spec, summary).relative_to(spec.dir))
+            save_summary(spec, summary)
         _print_result(spec, summary)
         return summary
 
@@ -106,7 +107,7 @@ def _print_result(spec: SweepSpec, summary: dict[str, Any]) -> None:
     if summary["status"] == "interrupted":
         print("Interrupted: re-run the same command to finish the sweep (finished trials are kept).")
     if summary["status"] == "failed":
-        print(f"Stopped: {summary.get('error')}. Fix it and re-run with another sweep.name "
-              "(failed trials count against this sweep's budget).")
+        print(f"Stopped: {summary.get('error')}.\nFix it and re-run the command (the failed trials count "
+              "against sweep.n_trials; a new sweep.name starts afresh).")
     print(f"Sweep folder: {spec.dir}  ({SUMMARY_FILE}{', report/sweep.html' if summary.get('report') else ''})")
     sys.stdout.flush()

@@ -140,5 +140,9 @@ def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: st
                            "experiment": str(exp_path.relative_to(spec.dir)),
                            "experiment_command": f"python {spec.train_script.name} --config-dir {spec.dir} "
                                                  f"experiment={experiment_name(spec)}"}
-    _write(spec.dir / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
+    save_summary(spec, summary)
     return summary
+
+
+def save_summary(spec: SweepSpec, summary: dict[str, Any]) -> None:
+    _write(spec.dir / SUMMARY_FILE, json.dumps(summary, indent=1, default=str) + "\n")
