@@ -9,5 +9,4 @@ grid.py            the grid backend (Optuna's GridSampler over the finite values
 wandb_sweep.py     the space as a W&B sweep config, run by W&B agents
 summary.py         sweep_summary.json, the best trial as a command and as an experiment config
 report.py          the sweep report: metric-vs-parameter plots, history, totals + lmforge.report
-multirun.py        Hydra callback for `train.py -m`: W&B group = the multirun, one W&B run per job
 """
