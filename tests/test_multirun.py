@@ -53,7 +53,7 @@ def test_2x2_grid_basic_launcher_one_wandb_run_per_job_grouped_by_the_multirun(t
         seen.add((next(o for o in s["overrides"] if o.startswith("model.optimizer.lr=")),
                   next(o for o in s["overrides"] if o.startswith("data.batch_size="))))
         run = wandb_run_record(d)
-        assert run.run_group == multirun_dir.name and run.job_type == "gpt_tiny"
+        assert run.run_group == multirun_dir.name and run.job_type == "clm"
         run_ids.add(run.run_id)
     assert len(seen) == 4 and len(run_ids) == 4
 

@@ -107,7 +107,7 @@ class RunLogger(WandbLogger):
         if (run_dir / "summary.json").is_file():
             run.save(str(run_dir / "summary.json"), base_path=str(run_dir), policy="now")
         offline = _is_offline(run)
-        exit_code = {"completed": 0, "interrupted": 130}.get(summary.get("status"), 1)
+        exit_code = {"completed": 0, "pruned": 0, "interrupted": 130}.get(summary.get("status"), 1)
         run.finish(exit_code=exit_code)
         self._experiment = None
         if offline:

@@ -89,6 +89,9 @@ def plot_history(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> P
             ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color="black", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial")
     ax.set_ylabel(spec.metric)
     ax.set_title(f"Sweep '{spec.name}': {spec.metric} by trial")
