@@ -74,7 +74,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
+    # otherwise add its own ModelCheckpoint under the logger's folder.
+    checkpointing = cfg.trainer.get("enable_checkpointing",
+                                    any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     enable_checkpointing=checkpointing)
 
     model_name, overrides = _hydra_info()
     summary: dict[str, Any] = {
