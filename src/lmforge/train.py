@@ -17,11 +17,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.budget import apply_budget, check_budget_config, describe
 from lmforge.config_tree import print_config_tree
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.loggers import finish_loggers
+from lmforge.parallel.init import build_model
+from lmforge.parallel.launch import distributed_job
+from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -60,6 +64,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)
+    check_budget_config(cfg)
+    scale_options = ScaleOptions.from_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -68,7 +74,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.build(objective_cls.special_tokens)
     with open_dict(cfg):
         cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
-    model = instantiate(cfg.model)
+    model = build_model(cfg, seed=cfg.seed)  # on the meta device under FSDP; same initial weights on any world size
+    model.scale_options = scale_options
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids))
 
@@ -80,6 +87,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                     any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      enable_checkpointing=checkpointing)
+    scale = {**describe_strategy(trainer, scale_options), **apply_budget(cfg, trainer, datamodule.batch_builder.block_len)}
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)  # with the accumulation and steps the budget set
 
     model_name, overrides = _hydra_info()
     summary: dict[str, Any] = {
@@ -88,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "metrics": {}, "baseline": {"unigram_val_loss": datamodule.cache.meta["unigram_val_loss"]},
         "data": {"corpus": datamodule.corpus.name, "train_tokens": datamodule.cache.meta["tokens"]["train"],
                  "val_tokens": datamodule.cache.meta["tokens"]["val"], "vocab_size": datamodule.vocab_size},
-        "overrides": overrides,
+        "overrides": overrides, "scale": scale,
     }
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
               f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
               f"{summary['baseline']['unigram_val_loss']:.3f}")
+        print(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
 
     estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks)
     if estimate:
@@ -152,7 +162,8 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry used by the top-level train.py: user mistakes end with one message and exit status 2."""
     try:
-        return run(cfg)
+        with distributed_job():  # ranks Lightning starts run this job in this run folder (lmforge/parallel/launch.py)
+            return run(cfg)
     except Exception as e:
         user_error = _find_user_error(e)
         if user_error is None:

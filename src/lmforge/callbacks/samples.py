@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -18,7 +19,8 @@ TABLE_COLUMNS = ["step", "sample", "text"]
 
 
 class GeneratedSamples(L.Callback):
-    """Ask the objective for samples (global rank 0): at each validation for W&B, and at the end of fit."""
+    """Ask the objective for samples (global rank 0; every rank of a sharded model): at each validation for W&B,
+    and at the end of fit. Rank 0 logs, saves and prints them."""
 
     summary_key = "samples"
 
@@ -48,13 +50,20 @@ class GeneratedSamples(L.Callback):
             self._generate(trainer, pl_module, log_table=True)
         self._write(trainer)
 
-    @rank_zero_only
     def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, log_table: bool) -> None:
+        from lmforge.parallel.wrap import is_sharded
+
+        # A sharded model (FSDP) needs every rank in each forward: then all ranks generate (the same text).
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        if tokenizer is None:
+        if tokenizer is None or not (trainer.is_global_zero or is_sharded(pl_module)):
             return
-        self.samples = pl_module.sample_texts(tokenizer, **self.kwargs)
+        # With compile=true, generation's growing KV cache would recompile every block at each length: run eager.
+        with torch.compiler.set_stance("force_eager"):
+            samples = pl_module.sample_texts(tokenizer, **self.kwargs)
         self._step = trainer.global_step
+        if not trainer.is_global_zero:
+            return
+        self.samples = samples
         if not log_table or not self.samples:
             return
         self.rows += [[trainer.global_step, i + 1, s] for i, s in enumerate(self.samples)]

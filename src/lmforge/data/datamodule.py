@@ -7,13 +7,14 @@ hands lists of blocks to the objective's batch builder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lmforge.data.token_cache import TokenCache
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
@@ -114,8 +115,13 @@ class LMDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        dataset = self._dataset(split)
+        # Shuffled in the order Lightning's DistributedSampler draws (seed PL_GLOBAL_SEED, epoch 0): N processes then
+        # see, step for step, the examples one process sees with an N times larger batch.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
         return DataLoader(
-            self._dataset(split), batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
             collate_fn=self.batch_builder, num_workers=self.num_workers, pin_memory=pin,
             persistent_workers=self.num_workers > 0,
         )

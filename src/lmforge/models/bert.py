@@ -75,10 +75,14 @@ class BERT(nn.Module):
         self.head_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
         self.lm_head.weight = self.wte.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)draw every parameter. lmforge.parallel calls it to materialise a net built on the meta device."""
         self.apply(self._init_weights)
-        if cfg.pad_token_id is not None:  # after apply: the tied lm_head init drew over the pad row
-            with torch.no_grad():
-                self.wte.weight[cfg.pad_token_id].zero_()
+        if self.config.pad_token_id is not None:  # after apply: the tied lm_head init drew over the pad row
+            self.wte.weight[self.config.pad_token_id].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

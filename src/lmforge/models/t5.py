@@ -169,6 +169,17 @@ class T5(nn.Module):
             self.lm_head.weight = self.shared.weight
         self._init_weights()
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, encoder then decoder: the units lmforge.parallel shards, checkpoints, compiles."""
+        return [*self.encoder.blocks, *self.decoder.blocks]
+
+    # Entry points besides forward (FSDP gathers the shared embedding and heads on these too).
+    extra_forward_methods = ("encode", "decode")
+
+    def init_weights(self) -> None:
+        """(Re)draw every parameter. lmforge.parallel calls it to materialise a net built on the meta device."""
+        self._init_weights()
+
     @torch.no_grad()
     def _init_weights(self) -> None:
         """Mesh-TF / HF T5 init: no 1/sqrt(d) in attention, so it is folded into the query init."""

@@ -34,6 +34,7 @@ class LMObjective(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss = MeanMetric()
         self.tokens_seen = 0  # input tokens consumed in training, summed over ranks
+        self.scale_options = None  # compile, activation checkpointing, init seed: set by lmforge.train (parallel/wrap.py)
 
     # -- to be provided by each objective --
     def batch_builder(self, seq_len: int, special_ids: dict[str, int]):
@@ -46,6 +47,12 @@ class LMObjective(L.LightningModule):
         return []
 
     # -- training --
+    def configure_model(self) -> None:
+        # Activation checkpointing, torch.compile, FSDP2 sharding per transformer block, meta-device materialisation.
+        from lmforge.parallel.wrap import configure_model
+
+        configure_model(self)
+
     def forward(self, *args, **kwargs):
         return self.net(*args, **kwargs)
 
@@ -74,9 +81,10 @@ class LMObjective(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Norm before clipping: what the optimizer was given. Logged every step for dashboards.
-        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("grad_norm", torch.linalg.vector_norm(torch.stack(norms), 2))
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            self.log("grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
     # -- optimisation --
     def configure_optimizers(self) -> dict[str, Any]:

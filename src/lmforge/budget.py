@@ -1,0 +1,78 @@
+"""Global batch and token budget: the two numbers that should not change when the world size does.
+
+  data.batch_size      the micro batch: examples per device per forward/backward
+  global_batch_size    examples per optimizer step, over all devices; when set, it decides
+                       trainer.accumulate_grad_batches = global_batch_size / (data.batch_size x world size)
+  max_tokens           a training budget in tokens; when set, it decides
+                       trainer.max_steps = ceil(max_tokens / tokens per step)
+
+Applied once, after the Trainer knows the world size and before anything is written, so the run folder's
+config.yaml shows the values the run used; summary.json gets them under "scale".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from lmforge.errors import ConfigError
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive integer (or null to leave it unset).")
+    return int(value)
+
+
+def check_budget_config(cfg: DictConfig) -> None:
+    """The user-typed keys alone, before any compute."""
+    _positive_int(cfg, "global_batch_size")
+    _positive_int(cfg, "max_tokens")
+
+
+def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
+    """Set the Trainer's gradient accumulation and step budget from global_batch_size / max_tokens; update cfg to
+    match; return the "scale" batch facts for summary.json. `block_len` is the corpus tokens one example uses."""
+    world = int(trainer.world_size)
+    micro = int(cfg.data.batch_size)
+    accumulate = int(trainer.accumulate_grad_batches)
+    global_batch = _positive_int(cfg, "global_batch_size")
+    if global_batch is not None:
+        per_pass = micro * world
+        if global_batch % per_pass:
+            lower, upper = global_batch // per_pass * per_pass, -(-global_batch // per_pass) * per_pass
+            near = " or ".join(str(v) for v in (lower, upper) if v > 0)
+            raise ConfigError(
+                f"global_batch_size={global_batch} is not a multiple of data.batch_size x world size = {micro} x "
+                f"{world} = {per_pass}. Choose global_batch_size={near}, or a data.batch_size that divides "
+                f"{global_batch // world if global_batch % world == 0 else global_batch} per device.")
+        accumulate = global_batch // per_pass
+        trainer.accumulate_grad_batches = accumulate
+    tokens_per_step = micro * world * accumulate * block_len
+    max_tokens = _positive_int(cfg, "max_tokens")
+    max_steps = int(trainer.max_steps)
+    if max_tokens is not None:
+        max_steps = math.ceil(max_tokens / tokens_per_step)
+        trainer.fit_loop.max_steps = max_steps
+    with open_dict(cfg):
+        cfg.trainer.accumulate_grad_batches = accumulate
+        cfg.trainer.max_steps = max_steps
+    return {
+        "world_size": world, "micro_batch_size": micro, "accumulate_grad_batches": accumulate,
+        "global_batch_size": micro * world * accumulate, "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps, "max_tokens": max_tokens,
+    }
+
+
+def describe(scale: dict[str, Any]) -> str:
+    text = (f"global batch {scale['global_batch_size']} = {scale['micro_batch_size']} per device x "
+            f"{scale['world_size']} device(s) x {scale['accumulate_grad_batches']} accumulation step(s); "
+            f"{scale['tokens_per_step']:,} tokens per step")
+    if scale["max_tokens"] is not None:
+        text += f"; max_tokens {scale['max_tokens']:,} -> {scale['max_steps']:,} steps"
+    return text

@@ -1,0 +1,84 @@
+"""`trainer=fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) through Lightning's ModelParallelStrategy.
+
+Why not Lightning's FSDPStrategy: it wraps FSDP1, which PyTorch is retiring, and refuses a CPU ("requires a GPU
+accelerator"), so it could not be tested here. ModelParallelStrategy leaves the sharding to the LightningModule's
+`configure_model`; lmforge applies it there per transformer block (lmforge.parallel.wrap), so the same code runs
+over gloo on CPU and NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+MIXED_PRECISION = ("auto", "bf16", "none")
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel over every rank (a 1-D mesh: data parallel = world size, tensor parallel = 1).
+
+    reshard_after_forward  true: free each block's gathered weights after its forward and gather again for backward
+                           (FULL_SHARD / ZeRO-3, least memory); false: keep them until backward (SHARD_GRAD_OP /
+                           ZeRO-2, one all-gather fewer per block, more memory)
+    mixed_precision        auto: with trainer.precision=bf16-mixed, gather weights and compute in bf16 and reduce
+                           gradients in fp32 (FSDP's MixedPrecisionPolicy); bf16: always; none: never
+    cpu_offload            keep sharded weights, gradients and optimizer state in host memory (GPU only)
+    meta_init              build the net on the meta device and draw each rank's shard only (see parallel/init.py),
+                           so a model larger than one device's memory can be built
+    save_distributed_checkpoint  true: a checkpoint is a folder with one shard per rank (torch distributed
+                           checkpoint; resumable on another world size); false: one consolidated file from rank 0
+    """
+
+    def __init__(self, reshard_after_forward: bool = True, mixed_precision: str = "auto", cpu_offload: bool = False,
+                 meta_init: bool = True, save_distributed_checkpoint: bool = True, **kwargs: Any):
+        if mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"trainer.strategy.mixed_precision={mixed_precision!r}: choose one of "
+                              f"{', '.join(MIXED_PRECISION)}.")
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.reshard_after_forward = bool(reshard_after_forward)
+        self.mixed_precision = mixed_precision
+        self.cpu_offload = bool(cpu_offload)
+        self.meta_init = bool(meta_init)
+
+    def setup_environment(self) -> None:
+        # Shard over all ranks of all nodes; ModelParallelStrategy's "auto" would shard within a node only.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def mp_policy(self, precision: str):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        bf16 = self.mixed_precision == "bf16" or (self.mixed_precision == "auto" and precision == "bf16-mixed")
+        if not bf16:
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+    def offload_policy(self):
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        if not self.cpu_offload:
+            return OffloadPolicy()
+        if self.root_device.type == "cpu":
+            rank_zero_warn("trainer.strategy.cpu_offload=true has no effect on a CPU: the weights are in host memory.")
+            return OffloadPolicy()
+        return CPUOffloadPolicy()
+
+    def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
+        """fully_shard each transformer block (one all-gather unit each), then the root for what is left
+        (embeddings, final norm, heads). The root keeps its weights gathered between forward and backward."""
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        common = dict(mesh=self.device_mesh["data_parallel"], mp_policy=self.mp_policy(precision),
+                      offload_policy=self.offload_policy())
+        for block in blocks:
+            fully_shard(block, reshard_after_forward=self.reshard_after_forward, **common)
+        fully_shard(net, **common)
+        for name in getattr(net, "extra_forward_methods", ()):  # e.g. T5.encode/decode, used in generation
+            register_fsdp_forward_method(net, name)
