@@ -8,6 +8,7 @@ over gloo on CPU and NCCL on GPUs.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -75,6 +76,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         (embeddings, final norm, heads). The root keeps its weights gathered between forward and backward."""
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+        # Blocks return their KV cache (views of k/v) beside the output; FSDP warns about views, but nothing in
+        # lmforge writes into a block's outputs in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         common = dict(mesh=self.device_mesh["data_parallel"], mp_policy=self.mp_policy(precision),
                       offload_policy=self.offload_policy())
         for block in blocks:

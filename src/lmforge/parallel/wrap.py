@@ -11,6 +11,7 @@ whichever of these a run used.
 
 from __future__ import annotations
 
+import re
 import types
 from dataclasses import dataclass
 
@@ -115,10 +116,12 @@ def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
     from lmforge.parallel.fsdp import FSDP2Strategy
 
     strategy = trainer.strategy
-    name = "fsdp" if isinstance(strategy, FSDP2Strategy) else getattr(strategy, "strategy_name", type(strategy).__name__)
+    # "fsdp" (trainer=fsdp), else Lightning's class name in snake case: "ddp", "single_device", ...
+    name = "fsdp" if isinstance(strategy, FSDP2Strategy) else re.sub(
+        r"(?<=[a-z])(?=[A-Z])", "_", type(strategy).__name__.removesuffix("Strategy")).lower()
     options = options or ScaleOptions()
     facts = {"strategy": name, "num_nodes": int(trainer.num_nodes), "precision": str(trainer.precision),
-             "compile": options.compile, "activation_checkpointing": options.activation_checkpointing}
+             "compile": options.compile or False, "activation_checkpointing": options.activation_checkpointing}
     if isinstance(strategy, FSDP2Strategy):
         facts["fsdp"] = {"reshard_after_forward": strategy.reshard_after_forward,
                          "mixed_precision": strategy.mixed_precision, "cpu_offload": strategy.cpu_offload,

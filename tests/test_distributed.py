@@ -1,0 +1,113 @@
+"""DDP and FSDP with 2 processes on CPU (gloo), as a user runs them: `python train.py trainer=ddp|fsdp ...`.
+
+Parity: one process with a batch of 16 and two processes with 8 each see the same examples at every step
+(the train loader shuffles in DistributedSampler's order; validation reads the same 32 blocks), start from the
+same weights (seeded init, also under FSDP's meta-device build) and run in fp32. Their val/loss after 10 steps
+then differs only by float reduction order: measured within 1e-6; the test allows 1e-4. A different global batch
+moves val/loss by about 0.07 here (16 -> 8), so the tolerance can tell a wrong gradient average apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_dir_from_output, run_train
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+TOLERANCE = 1e-4
+TWO_CPU_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def _args(corpus: Path, *extra: str) -> list[str]:
+    return [*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=10", "trainer.precision=32-true",
+            "global_batch_size=16", *extra]
+
+
+def _run(args: list[str], log_dir: Path) -> tuple[Path, dict]:
+    proc = run_train(args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_dir = run_dir_from_output(proc.stdout)
+    assert log_dir in run_dir.parents
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def _run_folders(log_dir: Path) -> set[Path]:
+    return {p for p in log_dir.glob("*/*/*") if p.is_dir()}  # <task>/runs|multiruns/<stamp>
+
+
+@pytest.fixture(scope="module")
+def log_dir(contained_environment) -> Path:
+    return contained_environment / "logs"
+
+
+@pytest.fixture(scope="module")
+def single(text_corpus, log_dir):
+    """One process, global batch 16 = micro batch 16 (and validation batches of 16: the same 32 blocks)."""
+    return _run(_args(text_corpus, "data.batch_size=16", "logger=csv"), log_dir)
+
+
+def test_ddp_two_processes_match_one_process(single, text_corpus, log_dir):
+    before = _run_folders(log_dir)
+    run_dir, s = _run(_args(text_corpus, "trainer=ddp", *TWO_CPU_PROCESSES, "data.batch_size=8"), log_dir)
+    assert _run_folders(log_dir) - before == {run_dir}, "DDP made more than one run folder"
+    assert s["status"] == "completed" and s["steps"] == 10
+    assert s["scale"]["strategy"] == "ddp" and s["scale"]["world_size"] == 2
+    assert s["scale"]["accumulate_grad_batches"] == 1 and s["scale"]["global_batch_size"] == 16
+    assert s["tokens"] == single[1]["tokens"] == 10 * 16 * 32
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+    # W&B (the default logger, offline here) started once, by rank 0; only rank 0's log file.
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert [p.name for p in run_dir.glob("*.log")] == ["train.log"]
+
+
+def test_global_batch_by_accumulation_matches(single, text_corpus, log_dir):
+    """One process, micro batch 8: global_batch_size=16 makes it accumulate 2 micro batches per step."""
+    _, s = _run(_args(text_corpus, "data.batch_size=8", "data.val_batch_size=16", "logger=csv"), log_dir)
+    assert s["scale"]["accumulate_grad_batches"] == 2
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def fsdp(text_corpus, log_dir):
+    before = _run_folders(log_dir)
+    run_dir, s = _run(_args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv"),
+                      log_dir)
+    assert _run_folders(log_dir) - before == {run_dir}, "FSDP made more than one run folder"
+    return run_dir, s
+
+
+def test_fsdp_two_processes_match_one_process(single, fsdp):
+    run_dir, s = fsdp
+    assert s["status"] == "completed" and s["steps"] == 10
+    assert s["scale"]["strategy"] == "fsdp" and s["scale"]["world_size"] == 2 and s["scale"]["fsdp"]["meta_init"]
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+    assert (run_dir / "samples.txt").exists(), "samples need every rank of a sharded model"
+
+
+def test_fsdp_checkpoint_is_sharded_and_resumes_on_another_world_size(fsdp, text_corpus, log_dir):
+    run_dir, _ = fsdp
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2, "one shard file per rank"
+    # Resume the 2-rank checkpoint on 1 rank: torch distributed checkpointing reshards on load.
+    _, s = _run(_args(text_corpus, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1",
+                      "data.batch_size=16", "logger=csv", "trainer.max_steps=14", f"ckpt_path={last}"), log_dir)
+    assert s["status"] == "completed" and s["steps"] == 14
+    assert s["tokens"] == 14 * 16 * 32  # the token count continues from the checkpoint
+
+
+def test_multirun_with_ddp_makes_one_folder_per_job(text_corpus, log_dir):
+    before = _run_folders(log_dir)
+    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer=ddp",
+                      *TWO_CPU_PROCESSES, "trainer.max_steps=3,5"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    new = _run_folders(log_dir) - before
+    assert len(new) == 1 and next(iter(new)).parent.name == "multiruns", f"expected one sweep folder, got {new}"
+    sweep = next(iter(new))
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    steps = [json.loads((sweep / j / "summary.json").read_text())["steps"] for j in jobs]
+    assert steps == [3, 5]
