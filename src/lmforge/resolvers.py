@@ -8,7 +8,16 @@ from omegaconf import OmegaConf
 
 
 def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: CPU autocast to bf16 runs on native instructions (measured ~2x faster here)."""
+    """AVX512-BF16 or AMX: CPU autocast to bf16 runs on native instructions (bench/precision.py measures the gain).
+
+    Asks torch's own CPU capability report (what its kernels dispatch on) first, /proc/cpuinfo where that is missing.
+    """
+    try:
+        import torch
+
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        pass
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -18,7 +27,8 @@ def cpu_has_bf16() -> bool:
 
 @lru_cache(maxsize=None)
 def default_precision() -> str:
-    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+ or a bf16 CPU), else fp32."""
+    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+ or a bf16 CPU); 16-mixed on older GPUs;
+    32-true on CPUs without bf16 instructions (there bf16 is emulated and slower than fp32)."""
     import torch
 
     if torch.cuda.is_available():

@@ -47,7 +47,7 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
     argv += list(hc.overrides.task)
     argv += [f"hydra.run.dir={_quote(hc.runtime.output_dir)}",
              "hydra.output_subdir=null",  # rank 0 wrote .hydra/ already
-             "hydra/job_logging=stdout"]  # train.log is rank 0's; other ranks log to the console
+             "hydra.job_logging.root.handlers=[]"]  # train.log is rank 0's; others print only warnings
     return argv, hc.runtime.cwd
 
 
