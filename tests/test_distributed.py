@@ -46,8 +46,12 @@ def log_dir(contained_environment) -> Path:
 
 @pytest.fixture(scope="module")
 def single(text_corpus, log_dir):
-    """One process, global batch 16 = micro batch 16 (and validation batches of 16: the same 32 blocks)."""
-    return _run(_args(text_corpus, "data.batch_size=16", "logger=csv"), log_dir)
+    """One process, global batch 16 = micro batch 16 (and validation batches of 16: the same 32 blocks).
+    Its 10 steps come from the token budget: 5120 tokens / (16 x 32 tokens per step)."""
+    run_dir, s = _run(_args(text_corpus, "data.batch_size=16", "logger=csv", "trainer.max_steps=1000",
+                            "max_tokens=5120"), log_dir)
+    assert s["steps"] == 10 and s["scale"]["max_tokens"] == 5120 and s["scale"]["tokens_per_step"] == 512
+    return run_dir, s
 
 
 def test_ddp_two_processes_match_one_process(single, text_corpus, log_dir):
@@ -99,9 +103,17 @@ def test_fsdp_checkpoint_is_sharded_and_resumes_on_another_world_size(fsdp, text
     assert s["tokens"] == 14 * 16 * 32  # the token count continues from the checkpoint
 
 
+def test_global_batch_that_world_size_cannot_make_stops_before_training(text_corpus):
+    proc = run_train(_args(text_corpus, "trainer=ddp", *TWO_CPU_PROCESSES, "data.batch_size=8", "global_batch_size=24",
+                           "logger=csv"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "global_batch_size=24" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_multirun_with_ddp_makes_one_folder_per_job(text_corpus, log_dir):
+    """Each job's ranks run that job (not the sweep again), in its folder, with one W&B run (the default logger)."""
     before = _run_folders(log_dir)
-    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer=ddp",
+    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "trainer=ddp",
                       *TWO_CPU_PROCESSES, "trainer.max_steps=3,5"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     new = _run_folders(log_dir) - before
@@ -111,3 +123,4 @@ def test_multirun_with_ddp_makes_one_folder_per_job(text_corpus, log_dir):
     assert jobs == ["0", "1"]
     steps = [json.loads((sweep / j / "summary.json").read_text())["steps"] for j in jobs]
     assert steps == [3, 5]
+    assert [len(list((sweep / j / "wandb").glob("offline-run-*"))) for j in jobs] == [1, 1]

@@ -49,8 +49,8 @@ def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
             near = " or ".join(str(v) for v in (lower, upper) if v > 0)
             raise ConfigError(
                 f"global_batch_size={global_batch} is not a multiple of data.batch_size x world size = {micro} x "
-                f"{world} = {per_pass}. Choose global_batch_size={near}, or a data.batch_size that divides "
-                f"{global_batch // world if global_batch % world == 0 else global_batch} per device.")
+                f"{world} = {per_pass}, so no whole number of accumulation steps gives it. Choose "
+                f"global_batch_size={near}, or change data.batch_size (the per-device micro batch).")
         accumulate = global_batch // per_pass
         trainer.accumulate_grad_batches = accumulate
     tokens_per_step = micro * world * accumulate * block_len
@@ -58,7 +58,7 @@ def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
     max_steps = int(trainer.max_steps)
     if max_tokens is not None:
         max_steps = math.ceil(max_tokens / tokens_per_step)
-        trainer.fit_loop.max_steps = max_steps
+        trainer.fit_loop.epoch_loop.max_steps = max_steps  # what Trainer.max_steps reads
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = accumulate
         cfg.trainer.max_steps = max_steps

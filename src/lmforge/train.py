@@ -24,7 +24,7 @@ from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.loggers import finish_loggers
 from lmforge.parallel.init import build_model
-from lmforge.parallel.launch import distributed_job
+from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
@@ -162,7 +162,7 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry used by the top-level train.py: user mistakes end with one message and exit status 2."""
     try:
-        with distributed_job():  # ranks Lightning starts run this job in this run folder (lmforge/parallel/launch.py)
+        with isolated_job():  # its own ranks, in this run folder; its own W&B run (lmforge/parallel/launch.py)
             return run(cfg)
     except Exception as e:
         user_error = _find_user_error(e)

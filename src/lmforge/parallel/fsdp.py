@@ -72,17 +72,23 @@ class FSDP2Strategy(ModelParallelStrategy):
         return CPUOffloadPolicy()
 
     def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
-        """fully_shard each transformer block (one all-gather unit each), then the root for what is left
-        (embeddings, final norm, heads). The root keeps its weights gathered between forward and backward."""
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        fully_shard_net(net, blocks, self.device_mesh["data_parallel"], self.reshard_after_forward,
+                        self.mp_policy(precision), self.offload_policy())
 
-        # Blocks return their KV cache (views of k/v) beside the output; FSDP warns about views, but nothing in
-        # lmforge writes into a block's outputs in place.
-        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-        common = dict(mesh=self.device_mesh["data_parallel"], mp_policy=self.mp_policy(precision),
-                      offload_policy=self.offload_policy())
-        for block in blocks:
-            fully_shard(block, reshard_after_forward=self.reshard_after_forward, **common)
-        fully_shard(net, **common)
-        for name in getattr(net, "extra_forward_methods", ()):  # e.g. T5.encode/decode, used in generation
-            register_fsdp_forward_method(net, name)
+
+def fully_shard_net(net: nn.Module, blocks: list[nn.Module], mesh, reshard_after_forward: bool = True,
+                    mp_policy=None, offload_policy=None) -> None:
+    """fully_shard each transformer block (one all-gather unit each), then the root for what is left (embeddings,
+    final norm, heads; tied weights stay together there). The root keeps its weights gathered from forward to
+    backward, as FSDP does by default."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
+
+    # Blocks return their KV cache (views of k/v) beside the output; FSDP warns about views, but nothing in
+    # lmforge writes into a block's outputs in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    common = dict(mesh=mesh, mp_policy=mp_policy or MixedPrecisionPolicy(), offload_policy=offload_policy or OffloadPolicy())
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=reshard_after_forward, **common)
+    fully_shard(net, **common)
+    for name in getattr(net, "extra_forward_methods", ()):  # e.g. T5.encode/decode, called directly in generation
+        register_fsdp_forward_method(net, name)

@@ -7,8 +7,9 @@ the job's folder (that is `hydra.sweep.dir/<job>`). Inside a submitit job `sys.a
 Lightning #11617 (merged, then reverted in #15737), the open #18175 and Hydra #2070. `child_command` starts the same
 job instead: train.py with this job's own overrides, in this job's output folder, writing nothing there itself.
 
-Under `-m` one process also runs several jobs in a row; `distributed_job()` lets each start clean (its own process
-group and port, and the environment Lightning set for the previous job's children removed).
+Under `-m` one process also runs several jobs in a row; `isolated_job()` lets each start clean: its own process
+group and port (the environment Lightning set for the previous job's children removed) and its own W&B run
+(Lightning's WandbLogger would otherwise reuse the previous job's, which is never finished).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 # Environment Lightning's launcher sets in the launching process for its children.
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Hydra overrides that concern the sweep or the launching process, not the job a rank must run.
-_NOT_FOR_RANKS = ("hydra.mode=", "hydra.run.dir=", "hydra.output_subdir=", "hydra.job.name=", "hydra/job_logging=",
+_NOT_FOR_RANKS = ("hydra.mode=", "hydra.run.dir=", "hydra.output_subdir=", "hydra.job.name=",
                   "hydra/launcher=", "hydra/sweeper=", "hydra.launcher.", "hydra.sweeper.", "hydra.sweep.")
 
 
@@ -52,9 +53,10 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
 
 
 @contextmanager
-def distributed_job() -> Iterator[None]:
-    """Around one Hydra job: Lightning's child ranks run `child_command`; afterwards the process group is destroyed
-    and the launcher's environment variables are restored, so the next job of a sweep launches its own ranks."""
+def isolated_job() -> Iterator[None]:
+    """Around one Hydra job: Lightning's child ranks run `child_command`; afterwards the W&B run is finished, the
+    process group destroyed and the launcher's environment variables restored, so the next job of a sweep launches
+    its own ranks and logs to its own W&B run."""
     import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
     import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_launcher
 
@@ -65,6 +67,9 @@ def distributed_job() -> Iterator[None]:
         yield
     finally:
         pytorch_launcher._hydra_subprocess_cmd, fabric_launcher._hydra_subprocess_cmd = saved_cmd
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
