@@ -1,15 +1,16 @@
 """Tokens/s of one process vs two (DDP, FSDP) on this machine's CPUs, through `python train.py` as a user runs it.
 
     python bench/scaling.py                       # writes bench/results/scaling.json
-    python bench/scaling.py --steps 4 12 --model gpt_tiny --out /tmp/scaling.json   # a quick smoke run
+    python bench/scaling.py --rounds 1 --steps 6 --model gpt_tiny --out /tmp/scaling.json   # a quick smoke run
 
-Every configuration trains with the same global batch (one process: data.batch_size=G; two: G/2 each). Throughput
-is marginal: the extra tokens of a long run over a short one, divided by the extra wall time, which cancels process
-start-up, tokenizer and model building, sharding, and the final validation. Runs are interleaved (short runs of all
-configurations, then long runs) so that a change in machine load hits all alike; compare the ratios, measured in
-one run, rather than absolute figures. On CPU, two processes split the same cores that one process uses with two
-threads (Lightning sets OMP threads = cores / processes), so the ideal ratio is 1: the figure shows the cost of
-the gradient all-reduce (DDP) or all-gathers and reduce-scatters (FSDP), not a speed-up.
+Every configuration trains with the same global batch (one process: data.batch_size=G; two: G/2 each).
+Throughput is steady state, timed inside each run on rank 0 (bench/step_timer.py: the first steps are skipped,
+so process start-up, tokenizer and model building and sharding do not count). Configurations are interleaved
+round by round so that changing machine load hits all alike; the report keeps every round and the median, and
+the ratios to one process measured in this one run, which mean more than the absolute figures. On CPU, two
+processes split the same cores that one process uses with two threads (Lightning sets OMP threads = cores /
+processes), so the ideal ratio is 1: the figure shows the cost of the gradient all-reduce (DDP) or the
+all-gathers and reduce-scatters (FSDP), not a speed-up.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,16 +35,15 @@ CONFIGS = {
 }
 
 
-def _train(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
-    started = time.perf_counter()
+def _train(args: list[str], env: dict[str, str]) -> tuple[dict, dict]:
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True)
-    wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"train.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     run_dir = next(Path(line.split(": ", 1)[1].strip()) for line in proc.stdout.splitlines()
                    if line.startswith("Run folder"))
-    return wall, json.loads((run_dir / "summary.json").read_text())
+    timer = run_dir / "step_timer.json"
+    return json.loads((run_dir / "summary.json").read_text()), json.loads(timer.read_text()) if timer.exists() else {}
 
 
 def main() -> None:
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--model", default="gpt")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--global-batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, nargs=2, default=(5, 25), metavar=("SHORT", "LONG"))
+    parser.add_argument("--steps", type=int, default=15, help="steps per run; the first 3 are not timed")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default=None, help="trainer.precision (default: the config default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scaling.json")
     args = parser.parse_args()
@@ -59,43 +60,46 @@ def main() -> None:
     from conftest import write_synthetic_corpus  # the test suite's synthetic corpus: no download
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-scaling-"))
+    pythonpath = [str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "LMFORGE_LOG_DIR": str(work / "logs"), "LMFORGE_CACHE_DIR": str(work / "cache"),
-           "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+           "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(pythonpath)}
     corpus = write_synthetic_corpus(work / "corpus", n_files=16, words_per_file=20000)
+    tokens_per_step = args.global_batch * args.seq_len
     common = [f"model={args.model}", "data=text", f"data.path={corpus}", f"data.seq_len={args.seq_len}",
               "logger=none", "callbacks=none", "trainer.val_check_interval=100000", "trainer.limit_val_batches=1",
-              "trainer.enable_progress_bar=false", f"global_batch_size={args.global_batch}"]
+              "+trainer.enable_progress_bar=false", f"global_batch_size={args.global_batch}",
+              f"trainer.max_steps={args.steps}", "+callbacks.step_timer._target_=step_timer.StepTimer",
+              "+callbacks.step_timer.output_dir=${paths.output_dir}",
+              f"+callbacks.step_timer.tokens_per_step={tokens_per_step}"]
     if args.precision:
         common.append(f"trainer.precision={args.precision}")
     micro = {name: args.global_batch // (2 if extra else 1) for name, extra in CONFIGS.items()}
 
-    _train([*common, "trainer.max_steps=1", "data.batch_size=1"], env)  # tokenizer and token cache, once
-    runs: dict[str, dict[int, tuple[float, dict]]] = {name: {} for name in CONFIGS}
+    _train([*common, "trainer.max_steps=1", "data.batch_size=1", "global_batch_size=null"], env)  # caches, once
+    rounds: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    summaries: dict[str, dict] = {}
     load_before = os.getloadavg()
-    for steps in args.steps:
+    for r in range(args.rounds):
         for name, extra in CONFIGS.items():
-            runs[name][steps] = _train([*common, *extra, f"trainer.max_steps={steps}",
-                                        f"data.batch_size={micro[name]}"], env)
-            print(f"{name}: {steps} steps in {runs[name][steps][0]:.1f}s", flush=True)
+            summaries[name], timer = _train([*common, *extra, f"data.batch_size={micro[name]}"], env)
+            rounds[name].append(timer["tokens_per_sec"])
+            print(f"round {r + 1}, {name}: {timer['tokens_per_sec']:,.0f} tokens/s", flush=True)
     load_after = os.getloadavg()
 
-    short, long = args.steps
-    results = {}
-    for name in CONFIGS:
-        (wall_s, s_short), (wall_l, s_long) = runs[name][short], runs[name][long]
-        tokens = s_long["tokens"] - s_short["tokens"]
-        results[name] = {"tokens_per_sec": tokens / (wall_l - wall_s), "micro_batch_size": micro[name],
-                         "world_size": s_long["scale"]["world_size"], "precision": s_long["scale"]["precision"],
-                         "wall_s": {str(short): wall_s, str(long): wall_l}}
-    base = results["1 process"]["tokens_per_sec"]
+    median = {name: statistics.median(v) for name, v in rounds.items()}
+    base = median["1 process"]
+    results = {name: {"tokens_per_sec_median": median[name], "tokens_per_sec_rounds": rounds[name],
+                      "ratio_to_1_process_by_round": [v / b for v, b in zip(rounds[name], rounds["1 process"])],
+                      "micro_batch_size": micro[name], "world_size": summaries[name]["scale"]["world_size"],
+                      "precision": summaries[name]["scale"]["precision"]} for name in CONFIGS}
     report = {
-        "what": "marginal training tokens/s through train.py, same global batch; ratios are to 1 process",
+        "what": "steady-state training tokens/s through train.py, same global batch; ratios are to 1 process",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_before": load_before, "load_average_after": load_after},
-        "config": {"model": args.model, "seq_len": args.seq_len, "global_batch_size": args.global_batch,
-                   "steps": list(args.steps), "params": runs["1 process"][long][1]["params"]},
+        "config": {"model": args.model, "params": summaries["1 process"]["params"], "seq_len": args.seq_len,
+                   "global_batch_size": args.global_batch, "steps_per_run": args.steps, "rounds": args.rounds},
         "results": results,
-        "ratio_to_1_process": {name: r["tokens_per_sec"] / base for name, r in results.items()},
+        "ratio_to_1_process": {name: median[name] / base for name in CONFIGS},
         "note": ("CPU: the processes share the cores one process uses with threads, so the ideal ratio is 1; "
                  "the shortfall is communication (gloo) and per-process overhead. The machine was shared with "
                  "other work (load averages above)."),

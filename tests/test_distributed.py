@@ -124,3 +124,15 @@ def test_multirun_with_ddp_makes_one_folder_per_job(text_corpus, log_dir):
     steps = [json.loads((sweep / j / "summary.json").read_text())["steps"] for j in jobs]
     assert steps == [3, 5]
     assert [len(list((sweep / j / "wandb").glob("offline-run-*"))) for j in jobs] == [1, 1]
+
+
+def test_submitit_launcher_runs_a_ddp_job(text_corpus, log_dir):
+    """hydra-submitit's local launcher (the SLURM launcher's local twin): the job runs under submitit, whose
+    sys.argv is not train.py, and Lightning's second rank must still run this job in its folder."""
+    before = _run_folders(log_dir)
+    proc = run_train(["-m", "hydra/launcher=submitit_local", *TINY, "data=text", f"data.path={text_corpus}",
+                      "logger=csv", "trainer=ddp", *TWO_CPU_PROCESSES, "trainer.max_steps=3"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (sweep,) = _run_folders(log_dir) - before
+    s = json.loads((sweep / "0" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["steps"] == 3 and s["scale"]["world_size"] == 2

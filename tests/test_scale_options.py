@@ -105,3 +105,19 @@ def test_seeded_init_is_reproducible_and_seed_dependent():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.wte.weight, c.wte.weight)
     assert a.lm_head.weight is a.wte.weight
+
+
+def test_slurm_launcher_asks_one_task_per_device_on_each_node():
+    """Lightning's SLURMEnvironment needs ntasks-per-node = trainer.devices, over trainer.num_nodes nodes."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=4",
+                                          "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)
+    assert launcher["partition"] == "gpu"
