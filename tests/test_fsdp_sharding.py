@@ -79,9 +79,15 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
             ref_loss.backward()
             grads = dict(ref.named_parameters())
             grad_err = max((p.grad.full_tensor() - grads[k].grad).abs().max().item() for k, p in sharded.items())
+            # gradient clipping (trainer.gradient_clip_val calls this) on sharded gradients: a tiny max_norm clips
+            norms = (torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3).full_tensor().item(),
+                     torch.nn.utils.clip_grad_norm_(ref.parameters(), 1e-3).item())
+            clip_err = max((p.grad.full_tensor() - grads[k].grad).abs().max().item() for k, p in sharded.items())
             tied = getattr(net, "lm_head").weight is next(iter(net.parameters()))
-            results[name] = dict(same_init=same_init, local_rows=local_rows, loss_err=abs(loss.item() - ref_loss.item()),
-                                 grad_err=grad_err, tied=tied, ref_tied=ref.lm_head.weight is next(iter(ref.parameters())))
+            results[name] = dict(same_init=same_init, local_rows=local_rows, tied=tied,
+                                 ref_tied=ref.lm_head.weight is next(iter(ref.parameters())),
+                                 loss_err=abs(loss.item() - ref_loss.item()), grad_err=grad_err,
+                                 norm_err=abs(norms[0] - norms[1]), clip_err=clip_err)
     finally:
         dist.destroy_process_group()
     if rank == 0:
@@ -109,6 +115,7 @@ def test_sharded_net_matches_one_process(sharded_results, name):
     assert r["tied"] == r["ref_tied"], "tied input/output embeddings must stay tied"
     assert r["loss_err"] < 1e-5
     assert r["grad_err"] < 1e-5
+    assert r["norm_err"] < 1e-5 and r["clip_err"] < 1e-8, "clipping sharded gradients must match one process"
 
 
 def test_weights_are_split_across_ranks(sharded_results):

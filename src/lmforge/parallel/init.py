@@ -3,12 +3,15 @@
 Every run draws the initial weights with `net.init_weights()` from a generator seeded with `seed`, so one process,
 DDP and FSDP (which builds the net on the meta device and draws each parameter only after it is sharded) start
 from identical weights. A net without `init_weights()` is built eagerly, as its constructor does.
+
+The contract for a net: `init_weights()` sets every parameter and buffer (the meta-device build allocates them
+uninitialised), drawing random values only through `torch.nn.init`.
 """
 
 from __future__ import annotations
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -21,15 +24,16 @@ def wants_meta_init(cfg: DictConfig) -> bool:
     strategy = cfg.trainer.get("strategy")
     if not isinstance(strategy, DictConfig) or "_target_" not in strategy:
         return False
-    return issubclass(get_class(strategy._target_), FSDP2Strategy) and bool(strategy.get("meta_init", True))
+    target = get_object(strategy._target_)
+    return isinstance(target, type) and issubclass(target, FSDP2Strategy) and bool(strategy.get("meta_init", True))
 
 
 def build_model(cfg: DictConfig, seed: int):
     """Instantiate cfg.model. Its net is built on the meta device (no memory, no init) and materialised here with
     seeded weights, or, under FSDP with meta_init, later in configure_model once each rank holds only its shard."""
-    net_cls = get_class(cfg.model.net._target_)
-    if not callable(getattr(net_cls, "init_weights", None)):
-        return instantiate(cfg.model)
+    net_cls = get_object(cfg.model.net._target_)
+    if not isinstance(net_cls, type) or not callable(getattr(net_cls, "init_weights", None)):
+        return instantiate(cfg.model)  # e.g. a factory that loads pretrained weights: build as it says
     with torch.device("meta"):
         net = instantiate(cfg.model.net)
     model = instantiate(cfg.model, net=net)
