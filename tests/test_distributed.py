@@ -92,6 +92,15 @@ def test_fsdp_two_processes_match_one_process(single, fsdp):
     assert (run_dir / "samples.txt").exists(), "samples need every rank of a sharded model"
 
 
+def test_fsdp_with_compile_and_activation_checkpointing_matches(single, text_corpus, log_dir):
+    """torch.compile per block + activation checkpointing + FSDP, the riskiest combination (slowest test here:
+    inductor compiles on both ranks). Compiled kernels may fuse float ops differently: tolerance 1e-3."""
+    _, s = _run(_args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv",
+                      "compile=true", "activation_checkpointing=true"), log_dir)
+    assert s["scale"]["compile"] == "blocks" and s["scale"]["activation_checkpointing"] is True
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < 1e-3
+
+
 def test_fsdp_checkpoint_is_sharded_and_resumes_on_another_world_size(fsdp, text_corpus, log_dir):
     run_dir, _ = fsdp
     last = run_dir / "checkpoints" / "last.ckpt"
