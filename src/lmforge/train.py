@@ -162,7 +162,7 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry used by the top-level train.py: user mistakes end with one message and exit status 2."""
     try:
-        with isolated_job():  # its own ranks, in this run folder; its own W&B run (lmforge/parallel/launch.py)
+        with isolated_job():  # ranks Lightning starts run this job, in its folder (lmforge/parallel/launch.py)
             return run(cfg)
     except Exception as e:
         user_error = _find_user_error(e)

@@ -8,8 +8,8 @@ Lightning #11617 (merged, then reverted in #15737), the open #18175 and Hydra #2
 job instead: train.py with this job's own overrides, in this job's output folder, writing nothing there itself.
 
 Under `-m` one process also runs several jobs in a row; `isolated_job()` lets each start clean: its own process
-group and port (the environment Lightning set for the previous job's children removed) and its own W&B run
-(Lightning's WandbLogger would otherwise reuse the previous job's, which is never finished).
+group and port, with the environment Lightning set for the previous job's children removed (otherwise the next
+job would take those variables for an external launcher's and wait for ranks that never come).
 """
 
 from __future__ import annotations
@@ -54,9 +54,8 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
 
 @contextmanager
 def isolated_job() -> Iterator[None]:
-    """Around one Hydra job: Lightning's child ranks run `child_command`; afterwards the W&B run is finished, the
-    process group destroyed and the launcher's environment variables restored, so the next job of a sweep launches
-    its own ranks and logs to its own W&B run."""
+    """Around one Hydra job: Lightning's child ranks run `child_command`; afterwards the process group is destroyed
+    and the launcher's environment variables restored, so the next job of a sweep launches its own ranks."""
     import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
     import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_launcher
 
@@ -67,9 +66,6 @@ def isolated_job() -> Iterator[None]:
         yield
     finally:
         pytorch_launcher._hydra_subprocess_cmd, fabric_launcher._hydra_subprocess_cmd = saved_cmd
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish()
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
