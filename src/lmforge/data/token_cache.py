@@ -207,18 +207,33 @@ def _prefetched(items: Iterable, depth: int = 2) -> Iterator:
 
 
 def _text_batches(documents: Iterable, seed: int, max_chars: int) -> Iterator[list[tuple[int, str | None]]]:
-    """Batches of (document hash, text piece); a None piece marks the end of a document."""
+    """Batches of (document hash, text piece); a None piece marks the end of a document.
+
+    Documents with no text but whitespace are left out (their pieces are held back until a piece
+    with text comes; at most `max_chars` of them).
+    """
     batch: list = []
     chars = 0
     for doc in documents:
         h = doc_hash(doc.id, seed)
+        held, held_chars, has_text = [], 0, False
         for piece in doc.chunks:
-            batch.append((h, piece))
-            chars += len(piece)
+            if not has_text:
+                if (not piece or piece.isspace()) and held_chars < max_chars:
+                    held.append(piece)
+                    held_chars += len(piece)
+                    continue
+                has_text, pieces = True, [*held, piece]
+            else:
+                pieces = [piece]
+            for p in pieces:
+                batch.append((h, p))
+                chars += len(p)
             if chars >= max_chars:
                 yield batch
                 batch, chars = [], 0
-        batch.append((h, None))
+        if has_text:
+            batch.append((h, None))
     if batch:
         yield batch
 
