@@ -127,3 +127,34 @@ def test_train_resumed_mid_epoch_sees_the_same_batches_as_an_uninterrupted_run(t
     assert sorted(b) == list(range(5, 16)), sorted(b)
     # same batches, same weights, same schedule: the same losses step for step
     assert np.allclose([a[s] for s in sorted(b)], [b[s] for s in sorted(b)], rtol=0, atol=1e-5), (a, b)
+
+
+def test_lightning_keeps_our_sampler_under_ddp_and_each_rank_takes_its_share(text_corpus, tmp_path):
+    import lightning as L
+    from lightning.pytorch.trainer.states import RunningStage
+
+    dm = make_dm(text_corpus, tmp_path)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched: no fit
+    assert trainer._accelerator_connector.is_distributed
+    dm.trainer = trainer
+    loader = dm.train_dataloader()
+    prepared = trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+    assert prepared is loader and isinstance(loader.sampler, ResumableSampler)  # no DistributedSampler injected
+    assert loader.sampler.num_replicas == 2 and loader.sampler.rank == 0
+    assert len(loader) == (len(dm._dataset("train")) // 2) // 4
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_ranks_build_the_cache_once_and_train_on_their_shares(text_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))  # a cold cache: both ranks start building
+    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer=ddp",
+                      "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=6",
+                      "trainer.val_check_interval=3", "callbacks.samples.max_new_tokens=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    s = json.loads((run_dir_from_output(proc.stdout) / "summary.json").read_text())
+    assert s["status"] == "completed" and s["steps"] == 6
+    assert s["tokens"] == 6 * 8 * 32 * 2  # two ranks, each its own batch per step
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2  # one entry and its lock file

@@ -105,11 +105,14 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler) or self.batch_size is None or not self.drop_last:
-            raise ValueError("ResumableDataLoader needs a ResumableSampler, a batch_size and drop_last=True")
+        # Lightning may rebuild the loader with another sampler (trainer.overfit_batches uses a sequential
+        # one); it is then a plain DataLoader with nothing to resume.
+        self.resumable = isinstance(self.sampler, ResumableSampler) and self.batch_size is not None and self.drop_last
         self._batches = 0  # batches handed out in the current epoch
 
     def __iter__(self):
+        if not self.resumable:
+            return super().__iter__()
         # read the skip first: with workers, super().__iter__() already starts drawing indices
         self._batches = self.sampler._skip // self.batch_size
         return self._counting(super().__iter__())
@@ -120,11 +123,15 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict:
+        if not self.resumable:
+            return {}
         s = self.sampler
         return {"epoch": s.epoch, "batches": self._batches, "seed": s.seed, "shuffle": s.shuffle,
                 "num_replicas": s.num_replicas, "batch_size": self.batch_size, "num_blocks": len(s.dataset)}
 
     def load_state_dict(self, state: dict) -> None:
+        if not self.resumable or not state:
+            return
         s = self.sampler
         same = {"seed": s.seed, "shuffle": s.shuffle, "num_replicas": s.num_replicas,
                 "batch_size": self.batch_size, "num_blocks": len(s.dataset)}
