@@ -27,7 +27,7 @@ from lmforge.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 READ_BYTES = 1 << 22  # bytes read from a file at a time
-PIECE_CHARS = 1 << 18  # longest piece of text handed on at once (to the tokenizer, say)
+PIECE_CHARS = 1 << 16  # longest piece of text handed on at once: the tokenizer's unit of parallel work
 MAX_SPLIT_DOC_CHARS = 1 << 20  # a single-file corpus is cut into documents of at most about this size
 SPLIT_DOCS = 100  # ... and at least about this many, so a validation split exists
 
