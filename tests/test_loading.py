@@ -158,3 +158,16 @@ def test_ddp_ranks_build_the_cache_once_and_train_on_their_shares(text_corpus, t
     assert s["status"] == "completed" and s["steps"] == 6
     assert s["tokens"] == 6 * 8 * 32 * 2  # two ranks, each its own batch per step
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2  # one entry and its lock file
+
+
+def test_a_pending_skip_does_not_leak_into_another_epoch(text_corpus, tmp_path):
+    loader = make_dm(text_corpus, tmp_path).train_dataloader()
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    resumed = make_dm(text_corpus, tmp_path).train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    resumed.sampler.set_epoch(1)  # Lightning ended epoch 0 early (limit_train_batches) and moved on
+    fresh = make_dm(text_corpus, tmp_path).train_dataloader()
+    fresh.sampler.set_epoch(1)
+    assert same(ids(resumed), ids(fresh))

@@ -78,16 +78,21 @@ class BatchCollator:
 class ResumableSampler(DistributedSampler):
     """Shuffled (per seed and epoch) block indices, this rank's share of them, from a given position.
 
-    `skip_next(n)` makes the next iteration start after its first `n` indices.
+    `skip_next(n)` makes the next iteration of the current epoch start after its first `n` indices
+    (if Lightning moves on to another epoch first, e.g. after `limit_train_batches`, it starts afresh).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         # drop_last: every rank gets the same number of blocks; the few left over wait for the next epoch
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self._skip = 0
+        self._skip, self._skip_epoch = 0, 0
 
     def skip_next(self, n: int) -> None:
-        self._skip = n
+        self._skip, self._skip_epoch = n, self.epoch
+
+    @property
+    def pending_skip(self) -> int:
+        return self._skip if self._skip_epoch == self.epoch else 0
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
@@ -95,7 +100,7 @@ class ResumableSampler(DistributedSampler):
         return order[: self.total_size][self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
+        skip, self._skip = self.pending_skip, 0
         for i in self.order(self.epoch)[skip:]:
             yield int(i)
 
@@ -114,7 +119,7 @@ class ResumableDataLoader(DataLoader):
         if not self.resumable:
             return super().__iter__()
         # read the skip first: with workers, super().__iter__() already starts drawing indices
-        self._batches = self.sampler._skip // self.batch_size
+        self._batches = self.sampler.pending_skip // self.batch_size
         return self._counting(super().__iter__())
 
     def _counting(self, it):
