@@ -64,3 +64,17 @@ def test_unknown_config_option_lists_the_choices():
     proc = run_train(["model=gpt_huge"])
     assert proc.returncode != 0
     assert "gpt_tiny" in proc.stderr  # Hydra names the available options
+
+
+def test_jsonl_line_without_the_text_field_is_named(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' * 5 + '{"body": "no text here"}\n')
+    proc = run_train([*TINY, "data=jsonl", f"data.path={tmp_path / 'a.jsonl'}", "logger=csv"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "a.jsonl:6" in proc.stderr and "no field 'text'" in proc.stderr and "data.text_field" in proc.stderr
+
+
+def test_vocabulary_too_large_for_the_token_dtype(text_corpus):
+    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "tokenizer.vocab_size=70000",
+                      "data.token_dtype=uint16"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "data.token_dtype=uint16" in proc.stderr and "70,000" in proc.stderr

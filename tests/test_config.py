@@ -33,7 +33,8 @@ def compose_train(overrides: list[str], tmp_path: Path):
 
 
 # Options that need a value the user must supply.
-REQUIRED = {("data", "text"): ["data.path=unused"], ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"]}
+REQUIRED = {("data", "text"): ["data.path=unused"], ("data", "jsonl"): ["data.path=unused"],
+            ("data", "hf"): ["data.path=unused"], ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"]}
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
 
 

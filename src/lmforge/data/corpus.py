@@ -1,92 +1,198 @@
 """Local text corpora: a file, a folder, or a glob of `.txt` / `.txt.gz` files.
 
 A corpus yields documents; a document is the unit of the train/validation split, so no
-document is ever seen in both.
+document is ever seen in both. Files are read as a stream of bounded pieces, so memory does
+not grow with the size of a file or of the corpus.
+
+What any corpus provides (text files here, `jsonl.py`, `hf_datasets.py`):
+  name           a short label for messages and summary.json
+  fingerprint()  a hash of the content, so any edit invalidates the caches built from it
+  documents()    an iterator of `Document`s, in a fixed order
+  size_bytes()   about how much text there is (to sample a slice for tokenizer training)
 """
 
 from __future__ import annotations
 
+import codecs
 import glob as globlib
 import gzip
 import hashlib
-from collections.abc import Iterator
+import os
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
+READ_BYTES = 1 << 22  # bytes read from a file at a time
+PIECE_CHARS = 1 << 16  # longest piece of text handed on at once: the tokenizer's unit of parallel work
+MAX_SPLIT_DOC_CHARS = 1 << 20  # a single-file corpus is cut into documents of at most about this size
+SPLIT_DOCS = 100  # ... and at least about this many, so a validation split exists
 
 
 @dataclass(frozen=True)
 class Document:
+    """One document: its id (stable across runs, used for the split) and its text in pieces.
+
+    `chunks` may be a one-shot iterator that reads the file as it is consumed: read it once.
+    """
+
     id: str
-    text: str
+    chunks: Iterable[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
 
 
-def _is_text_file(p: Path) -> bool:
-    return p.is_file() and p.name.endswith(TEXT_SUFFIXES)
-
-
-def resolve_text_files(path: str | Path, key: str = "data.path") -> list[Path]:
-    """Expand a file, folder (recursively) or glob to a sorted list of text files."""
+def resolve_files(path: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, key: str = "data.path") -> list[Path]:
+    """Expand a file, folder (recursively) or glob to a sorted list of files with these suffixes."""
     raw = str(path)
+    kinds = " or ".join(suffixes)
+
+    def wanted(p: Path) -> bool:
+        return p.is_file() and p.name.endswith(suffixes)
+
     p = Path(raw).expanduser()
     if p.is_file():
         files = [p]
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if _is_text_file(f))
+        files = sorted(f for f in p.rglob("*") if wanted(f))
         if not files:
-            raise DataError(
-                f"{key}={raw!r}: the folder holds no {' or '.join(TEXT_SUFFIXES)} files. "
-                "Add text files to it or point the key at a file or glob."
-            )
+            raise DataError(f"{key}={raw!r}: the folder holds no {kinds} files. "
+                            "Add files to it or point the key at a file or glob.")
     elif any(ch in raw for ch in "*?["):
-        files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True) if _is_text_file(Path(f)))
+        files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True) if wanted(Path(f)))
         if not files:
-            raise DataError(f"{key}={raw!r}: the glob matches no {' or '.join(TEXT_SUFFIXES)} files.")
+            raise DataError(f"{key}={raw!r}: the glob matches no {kinds} files.")
     else:
-        raise DataError(
-            f"{key}={raw!r}: no such file or folder. Point it at a .txt/.txt.gz file, "
-            "a folder of them, or a glob such as 'corpus/*.txt'."
-        )
+        raise DataError(f"{key}={raw!r}: no such file or folder. Point it at a {kinds} file, "
+                        "a folder of them, or a glob such as 'corpus/*.txt'.")
     return [f.resolve() for f in files]
 
 
-def read_text(path: Path, errors: str = "strict") -> str:
-    """Read a UTF-8 (optionally gzipped) file; name the file and byte offset of bad bytes."""
+# Kept for callers of the first version.
+def resolve_text_files(path: str | Path, key: str = "data.path") -> list[Path]:
+    return resolve_files(path, TEXT_SUFFIXES, key)
+
+
+def document_ids(files: list[Path]) -> list[str]:
+    """Ids that stay the same wherever the corpus lives: paths relative to the files' common folder."""
+    if len(files) == 1:
+        return [files[0].name]
+    root = os.path.commonpath([str(f.parent) for f in files])
+    return [os.path.relpath(f, root) for f in files]
+
+
+def open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def bad_utf8(path: Path, offset: int, byte: int, where: str = "") -> DataError:
+    return DataError(
+        f"{path}{where} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}. Convert the file to UTF-8, "
+        "or set data.corpus.errors=replace to replace bad bytes with U+FFFD."
+    )
+
+
+def read_chunks(path: Path, errors: str = "strict", read_bytes: int = READ_BYTES) -> Iterator[str]:
+    """Decode a UTF-8 (optionally gzipped) file as a stream; name the file and byte offset of bad bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    consumed = 0  # bytes of the file handed to the decoder so far
     try:
-        raw = gzip.open(path, "rb").read() if path.name.endswith(".gz") else path.read_bytes()
-    except OSError as e:
+        with open_binary(path) as fh:
+            while True:
+                raw = fh.read(read_bytes)
+                pending = decoder.getstate()[0]  # an incomplete character carried over from the last read
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:
+                    data = pending + raw
+                    raise bad_utf8(path, consumed - len(pending) + e.start, data[e.start]) from None
+                consumed += len(raw)
+                if text:
+                    yield text
+                if not raw:
+                    return
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    try:
-        return raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}. "
-            "Convert the file to UTF-8, or set data.corpus.errors=replace to replace bad bytes with U+FFFD."
-        ) from None
 
 
-def fingerprint_files(files: list[Path]) -> str:
+def read_text(path: Path, errors: str = "strict") -> str:
+    """The whole file as text (small files; large ones go through `read_chunks`)."""
+    return "".join(read_chunks(path, errors))
+
+
+def _safe_cut(text: str, lo: int, hi: int) -> int:
+    """A position in (lo, hi] to cut `text` so that tokenizing the parts gives the tokens of the whole.
+
+    A single space between two non-space characters is such a place for every tokenizer kind here
+    (byte-level BPE, WordPiece, Unigram with Metaspace, characters): the space starts the next word
+    on either side of the cut. Text with no spaces at all (rare) is cut at `hi`.
+    """
+    p = text.rfind(" ", lo, hi)
+    while p > lo:
+        if not text[p - 1].isspace() and p + 1 < len(text) and not text[p + 1].isspace():
+            return p
+        p = text.rfind(" ", lo, p)
+    return hi
+
+
+def rechunk(chunks: Iterable[str], max_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """Re-cut a stream of text into pieces of at most `max_chars`, at places that keep tokenization exact."""
+    buf = ""
+    for chunk in chunks:
+        buf = buf + chunk if buf else chunk
+        start = 0
+        while len(buf) - start > max_chars:
+            cut = _safe_cut(buf, start + max_chars // 2, start + max_chars)
+            yield buf[start:cut]
+            start = cut
+        buf = buf[start:]
+    if buf:
+        yield buf
+
+
+def paragraph_documents(chunks: Iterable[str], doc_id: str, target_chars: int) -> Iterator[Document]:
+    """Cut one long text into documents of one to two `target_chars` (single-file corpora).
+
+    The documents concatenate back to the text. A cut goes after a blank line if there is one in
+    the allowed range, else after a line break, else before a word.
+    """
+    target_chars = max(1, target_chars)
+    hi = 2 * target_chars
+    buf, n = "", 0
+    for chunk in chunks:
+        buf = buf + chunk if buf else chunk
+        while len(buf) > hi:
+            cut = buf.find("\n\n", target_chars, hi)
+            if cut >= 0:
+                cut += 2
+            else:
+                nl = buf.find("\n", target_chars, hi)
+                cut = nl + 1 if nl >= 0 else _safe_cut(buf, target_chars, hi)
+            yield Document(f"{doc_id}#{n}", list(rechunk([buf[:cut]])))
+            buf, n = buf[cut:], n + 1
+    if buf:
+        yield Document(f"{doc_id}#{n}", list(rechunk([buf])))
+
+
+def fingerprint_files(files: list[Path], names: list[str] | None = None) -> str:
     """Content hash of the files (names and bytes), so any edit invalidates caches."""
     h = hashlib.blake2b(digest_size=16)
-    for f in files:
-        h.update(f.name.encode())
+    for f, name in zip(files, names or [f.name for f in files]):
+        h.update(name.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
 
 
-def split_paragraph_documents(text: str, doc_id: str, n_pieces: int = 100) -> list[Document]:
-    """Cut one long text into about `n_pieces` documents at blank lines (for single-file corpora)."""
-    paragraphs = text.split("\n\n")
-    per_piece = max(1, len(paragraphs) // n_pieces)
-    return [
-        Document(f"{doc_id}#{i // per_piece}", "\n\n".join(paragraphs[i : i + per_piece]))
-        for i in range(0, len(paragraphs), per_piece)
-    ]
+def approx_text_bytes(files: list[Path]) -> int:
+    # gzip is about 3x on text; the figure only decides how sparsely to sample for tokenizer training
+    return sum(f.stat().st_size * (3 if f.name.endswith(".gz") else 1) for f in files)
 
 
 class TextFiles:
@@ -98,6 +204,7 @@ class TextFiles:
         self.path = path
         self.errors = errors
         self._files: list[Path] | None = None
+        self._fingerprint: str | None = None
 
     @property
     def name(self) -> str:
@@ -105,20 +212,28 @@ class TextFiles:
 
     def files(self) -> list[Path]:
         if self._files is None:
-            files = resolve_text_files(self.path)
+            files = resolve_files(self.path)
             if all(f.stat().st_size == 0 for f in files):
                 raise DataError(f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes). "
                                 "Give it some text.")
             self._files = files
         return self._files
 
+    def size_bytes(self) -> int:
+        return approx_text_bytes(self.files())
+
     def fingerprint(self) -> str:
-        return fingerprint_files(self.files()) + f":{self.errors}"
+        if self._fingerprint is None:
+            files = self.files()
+            self._fingerprint = fingerprint_files(files, document_ids(files)) + f":{self.errors}"
+        return self._fingerprint
 
     def documents(self) -> Iterator[Document]:
         files = self.files()
         if len(files) == 1:
-            yield from split_paragraph_documents(read_text(files[0], self.errors), files[0].name)
+            target = min(MAX_SPLIT_DOC_CHARS, self.size_bytes() // SPLIT_DOCS)
+            yield from paragraph_documents(read_chunks(files[0], self.errors), files[0].name, target)
             return
-        for f in files:
-            yield Document(f.name, read_text(f, self.errors))
+        for f, doc_id in zip(files, document_ids(files)):
+            # the file is opened only when the document's chunks are read
+            yield Document(doc_id, rechunk(read_chunks(f, self.errors)))

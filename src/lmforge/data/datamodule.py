@@ -2,7 +2,8 @@
 
 How examples are made from token blocks belongs to the objective (see `objectives/`); the
 DataModule only cuts the token stream into blocks of the length the objective asks for and
-hands lists of blocks to the objective's batch builder.
+hands lists of blocks to the objective's batch builder. The train loader is deterministic for
+`data.seed`, gives each DDP rank its own share, and resumes mid-epoch (see `loading.py`).
 """
 
 from __future__ import annotations
@@ -14,41 +15,26 @@ from typing import Protocol
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
-from lmforge.data.token_cache import TokenCache
-from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
+from lmforge.data.loading import BatchCollator, ResumableDataLoader, ResumableSampler, TokenBlocks
+from lmforge.data.token_cache import DEFAULT_SHARD_TOKENS, TokenCache, token_dtype
+from lmforge.data.tokenizer import TokenizerSpec, sample_texts, special_token_ids
 from lmforge.errors import ConfigError, DataError
+
+__all__ = ["BatchBuilder", "LMDataModule", "TokenBlocks"]
 
 
 class BatchBuilder(Protocol):
-    """Made by an objective: how many stream tokens one example uses, and how to collate."""
+    """Made by an objective: how many stream tokens one example uses, and how to collate.
+
+    A builder that draws random numbers declares `rng` (`__call__(self, blocks, rng)`): it then gets a
+    `numpy.random.Generator` seeded per batch, so batches are reproducible and survive a resume.
+    """
 
     block_len: int
 
     def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]: ...
-
-
-class TokenBlocks(Dataset):
-    """Non-overlapping blocks of `block_len` tokens from a memmapped split.
-
-    The memmap is opened lazily so the dataset pickles cheaply into loader workers.
-    """
-
-    def __init__(self, path: Path, dtype: str, block_len: int):
-        self.path, self.dtype, self.block_len = path, dtype, block_len
-        n_tokens = path.stat().st_size // np.dtype(dtype).itemsize
-        self.n_blocks = n_tokens // block_len
-        self._tokens = None
-
-    def __len__(self) -> int:
-        return self.n_blocks
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        s = i * self.block_len
-        return np.asarray(self._tokens[s : s + self.block_len], dtype=np.int64)
 
 
 class LMDataModule(L.LightningDataModule):
@@ -62,20 +48,27 @@ class LMDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         val_fraction: float = 0.05,
         split_seed: int = 0,
+        seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool | None = None,
-        path: str | None = None,  # the corpus location for text corpora; read by `corpus` (see conf/data)
+        token_dtype: str = "auto",
+        shard_tokens: int = DEFAULT_SHARD_TOKENS,
+        path: str | None = None,  # the corpus location (data.path); read by `corpus` (see conf/data)
+        text_field: str | None = None,  # the text field of JSONL / HF corpora; read by `corpus`
     ):
         super().__init__()
         if seq_len < 2:
             raise ConfigError(f"data.seq_len={seq_len} must be at least 2.")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be 0 (load in the main process) or more.")
         self.corpus, self.tokenizer_spec, self.cache_dir = corpus, tokenizer, Path(cache_dir).expanduser()
         self.seq_len, self.batch_size = seq_len, batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.token_dtype, self.shard_tokens = token_dtype, shard_tokens
         self.tokenizer = None
         self.tokenizer_path: Path | None = None
         self.cache: TokenCache | None = None
@@ -85,14 +78,20 @@ class LMDataModule(L.LightningDataModule):
     # -- built once per run, before the model (its vocabulary size depends on the tokenizer) --
     def build(self, specials: dict[str, str]) -> None:
         """Fit or load the tokenizer and tokenize the corpus. Safe on every rank at once."""
+        if "eos" not in specials:
+            raise ConfigError("the objective declares no `eos` special token; the token stream needs one "
+                              "to separate documents.")
+        if self.tokenizer_spec.path is None:  # a vocabulary the token dtype cannot hold fails before training
+            token_dtype(self.tokenizer_spec.vocab_size, self.token_dtype)
         fingerprint = self.corpus.fingerprint()
-        texts = (d.text for d in self.corpus.documents())
+        size_hint = getattr(self.corpus, "size_bytes", lambda: None)()
+        texts = lambda: sample_texts(self.corpus.documents(), self.tokenizer_spec.max_train_chars, size_hint)  # noqa: E731
         self.tokenizer, self.tokenizer_path = self.tokenizer_spec.load_or_train(
             texts, specials, fingerprint, self.cache_dir)
         self.special_ids = special_token_ids(self.tokenizer, specials)
         self.cache = TokenCache.build(
             self.corpus, self.tokenizer, self.tokenizer_path.parent.name, self.special_ids["eos"],
-            self.val_fraction, self.split_seed, self.cache_dir)
+            self.val_fraction, self.split_seed, self.cache_dir, dtype=self.token_dtype, shard_tokens=self.shard_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -107,27 +106,38 @@ class LMDataModule(L.LightningDataModule):
                     f"the {split} split of {self.corpus.name} has {n} tokens, fewer than one block of "
                     f"{builder.block_len} (data.seq_len={self.seq_len}). Add text or lower data.seq_len."
                 )
+        n_blocks = self.cache.meta["tokens"]["train"] // builder.block_len
+        if n_blocks < self.batch_size:
+            raise DataError(
+                f"the train split of {self.corpus.name} has {n_blocks} blocks of {builder.block_len} tokens, fewer "
+                f"than one batch of data.batch_size={self.batch_size}. Add text, or lower data.batch_size or "
+                "data.seq_len.")
 
     def _dataset(self, split: str) -> TokenBlocks:
         if self.batch_builder is None:
             raise RuntimeError("LMDataModule.build() and set_batch_builder() must run before loaders are made")
-        return TokenBlocks(self.cache.dir / f"{split}.bin", self.cache.meta["dtype"], self.batch_builder.block_len)
+        return TokenBlocks(self.cache.tokens(split), self.batch_builder.block_len)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader_kwargs(self) -> dict:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        dataset = self._dataset(split)
-        # Shuffled in the order Lightning's DistributedSampler draws (seed PL_GLOBAL_SEED, epoch 0): N processes then
-        # see, step for step, the examples one process sees with an N times larger batch.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else None
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
-            collate_fn=self.batch_builder, num_workers=self.num_workers, pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
-        )
+        if self.num_workers > 0:
+            # Workers are forked after the tokenizer ran on all cores; they never tokenize, and saying so
+            # keeps `tokenizers` from warning in every worker.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return {"num_workers": self.num_workers, "pin_memory": pin, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        dataset = self._dataset("train")
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        if len(sampler) < self.batch_size:
+            raise DataError(
+                f"the train split has {len(dataset)} blocks of {self.batch_builder.block_len} tokens"
+                f"{f' ({len(sampler)} per rank over {world} ranks)' if world > 1 else ''}, fewer than one batch of "
+                f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len.")
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                                   collate_fn=BatchCollator(self.batch_builder, self.seed), **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)
+        return DataLoader(self._dataset("val"), batch_size=self.val_batch_size, shuffle=False, drop_last=False,
+                          collate_fn=BatchCollator(self.batch_builder, self.seed), **self._loader_kwargs())

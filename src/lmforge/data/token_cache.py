@@ -1,15 +1,30 @@
-"""The token stream of a corpus, split by document into train and validation, on disk as memmaps.
+"""The token stream of a corpus, split by document into train and validation, on disk as memmap shards.
 
-Layout of one cache entry (folder named by a hash of corpus content, tokenizer and split):
-  train.bin, val.bin   flat token ids (uint16, or uint32 when the vocabulary needs it);
-                       every document is followed by the `eos` token
-  meta.json            counts, dtype, special ids, and the unigram baseline
+Layout of one cache entry (folder named by a hash of corpus content, tokenizer and settings):
+  train/00000.bin ...   flat token ids (uint16, or uint32 when the vocabulary needs it), cut into
+  val/00000.bin ...     shards of at most `shard_tokens`; every document is followed by `eos`
+  meta.json             counts, dtype, shard sizes, special ids, the unigram baseline, build figures
+
+The build reads the corpus once, as a stream: a reader thread prepares batches of text while
+`Tokenizer.encode_batch_fast` tokenizes the previous batch on all cores (it releases the GIL). Tokens go
+to a staging file; once every document's length is known, the documents are dealt to train and
+val (the split needs the number of documents, which a stream learns only at its end). Memory is
+bounded by the encode batch and the copy chunk, not by the corpus. The entry is built in a
+temporary folder and renamed into place, under a lock (`build_once`), so concurrent runs and DDP
+ranks build it once and a failed build leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +32,257 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.data.locking import build_once
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 
-ENCODE_BATCH_DOCS = 64  # documents per encode_batch call: bounds memory, keeps all cores busy
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # bump when the layout or the split changes: old entries are then simply not found
+ENCODE_BATCH_CHARS = 1 << 22  # text per encode call: bounds the Encodings held at once (~100 bytes/token)
+COPY_TOKENS = 1 << 23  # tokens per step when dealing the staging stream to the splits
+DEFAULT_SHARD_TOKENS = 1 << 28  # 512 MiB per shard at uint16
+DTYPES = {"uint16": np.dtype(np.uint16), "uint32": np.dtype(np.uint32)}
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+def token_dtype(vocab_size: int, requested: str = "auto") -> np.dtype:
+    """The narrowest unsigned dtype that holds every id (or the one asked for, if it does)."""
+    if requested not in ("auto", *DTYPES):
+        raise ConfigError(f"data.token_dtype={requested!r}: choose auto, uint16 or uint32.")
+    if requested == "auto":
+        requested = "uint16" if vocab_size <= 2**16 else "uint32"
+    dtype = DTYPES[requested]
+    if vocab_size > np.iinfo(dtype).max + 1:
+        raise DataError(f"the tokenizer's vocabulary has {vocab_size:,} tokens, more than data.token_dtype={requested} "
+                        f"holds ({np.iinfo(dtype).max + 1:,} ids). Use data.token_dtype=auto or uint32, "
+                        "or a smaller tokenizer.vocab_size.")
+    return dtype
+
+
+def doc_hash(doc_id: str, seed: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest(), "little")
+
+
+def val_mask(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Deterministic document-level split: the val documents are those with the smallest seeded hash.
+
+    At least one document goes to each side.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
+    n = len(hashes)
+    if n < 2:
+        raise DataError("the corpus has fewer than 2 documents; a train/validation split needs at least 2. "
+                        "Add text, or split your file into several files.")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.argsort(hashes, kind="stable")[:n_val]] = True
+    return mask
 
 
 def split_of(doc_ids: list[str], val_fraction: float, seed: int) -> set[str]:
-    """Deterministic document-level split: the val docs are those with the smallest seeded hash."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
-    if len(doc_ids) < 2:
-        raise DataError("the corpus has fewer than 2 documents; a train/validation split needs at least 2. "
-                        "Add text, or split your file into several files.")
-    ranked = sorted(doc_ids, key=lambda d: hashlib.blake2b(f"{seed}:{d}".encode(), digest_size=8).digest())
-    n_val = min(len(doc_ids) - 1, max(1, round(len(doc_ids) * val_fraction)))
-    return set(ranked[:n_val])
+    """The ids of the validation documents (what `val_mask` picks, by id)."""
+    hashes = np.array([doc_hash(d, seed) for d in doc_ids], dtype=np.uint64)
+    return {d for d, v in zip(doc_ids, val_mask(hashes, val_fraction)) if v}
+
+
+class ShardedTokens:
+    """One split's token stream over its shard files, read like one array (`len`, slices, `np.asarray`).
+
+    Shards are memory-mapped lazily, so the object pickles cheaply into loader workers.
+    """
+
+    def __init__(self, paths: list[Path], dtype: str | np.dtype):
+        self.paths, self.dtype = list(paths), np.dtype(dtype)
+        sizes = [p.stat().st_size // self.dtype.itemsize for p in self.paths]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self._maps: list[np.memmap] | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
+
+    def _shard(self, i: int) -> np.ndarray:
+        if self._maps is None:
+            self._maps = [np.memmap(p, dtype=self.dtype, mode="r") for p in self.paths]
+        return self._maps[i]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) as an array (a copy), across shard boundaries."""
+        start, stop = max(0, start), min(len(self), stop)
+        if stop <= start:
+            return np.empty(0, dtype=self.dtype)
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        parts = []
+        while start < stop:
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            end = min(stop, hi)
+            parts.append(self._shard(i)[start - lo : end - lo])
+            start, i = end, i + 1
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            return self.read(start, stop)[::step]
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(key)
+        return self.read(i, i + 1)[0]
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.read(0, len(self))
+        return arr if dtype is None else arr.astype(dtype)
+
+    def chunks(self, size: int = COPY_TOKENS) -> Iterator[np.ndarray]:
+        for s in range(0, len(self), size):
+            yield self.read(s, s + size)
+
+
+class ShardWriter:
+    """Appends tokens to `folder/00000.bin`, `00001.bin`, ... of at most `shard_tokens` each."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        folder.mkdir(parents=True, exist_ok=True)
+        self.sizes: list[int] = []
+        self._fh = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = tokens.astype(self.dtype, copy=False)
+        while tokens.size:
+            if self._fh is None or self.sizes[-1] >= self.shard_tokens:
+                self._roll()
+            room = self.shard_tokens - self.sizes[-1]
+            part, tokens = tokens[:room], tokens[room:]
+            self._fh.write(part.tobytes())
+            self.sizes[-1] += part.size
+
+    def _roll(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = open(self.folder / f"{len(self.sizes):05d}.bin", "wb")
+        self.sizes.append(0)
+
+    def close(self) -> list[int]:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        return self.sizes
+
+
+def _prefetched(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `items` in a background thread, `depth` ahead; its exceptions surface here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", done))
+        except BaseException as e:  # handed to the consumer, which raises it
+            q.put(("error", e))
+
+    thread = threading.Thread(target=produce, name="lmforge-corpus-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def _text_batches(documents: Iterable, seed: int, max_chars: int) -> Iterator[list[tuple[int, str | None]]]:
+    """Batches of (document hash, text piece); a None piece marks the end of a document.
+
+    Documents with no text but whitespace are left out (their pieces are held back until a piece
+    with text comes; at most `max_chars` of them).
+    """
+    batch: list = []
+    chars = 0
+    for doc in documents:
+        h = doc_hash(doc.id, seed)
+        held, held_chars, has_text = [], 0, False
+        for piece in doc.chunks:
+            if not has_text:
+                if (not piece or piece.isspace()) and held_chars < max_chars:
+                    held.append(piece)
+                    held_chars += len(piece)
+                    continue
+                has_text, pieces = True, [*held, piece]
+            else:
+                pieces = [piece]
+            for p in pieces:
+                batch.append((h, p))
+                chars += len(p)
+            if chars >= max_chars:
+                yield batch
+                batch, chars = [], 0
+        if has_text:
+            batch.append((h, None))
+    if batch:
+        yield batch
+
+
+def encode_corpus(documents: Iterable, tokenizer: Tokenizer, eos_id: int, dtype: np.dtype, out,
+                  seed: int, batch_chars: int = ENCODE_BATCH_CHARS) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize documents into `out` (a binary file), each followed by eos. Returns (lengths, hashes).
+
+    Documents with no tokens are left out. A document's pieces are tokenized separately; they are
+    cut where that gives the tokens of the whole (see `corpus.rechunk`).
+    """
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not use: the same ids, faster
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    lengths, hashes = [], []
+    current = 0  # tokens of the document being written
+    eos = np.array([eos_id], dtype=dtype)
+    for batch in _prefetched(_text_batches(documents, seed, batch_chars)):
+        encodings = iter(encode([t for _, t in batch if t is not None], add_special_tokens=False))
+        parts = []
+        for h, piece in batch:
+            if piece is not None:
+                ids = next(encodings).ids
+                if ids:
+                    parts.append(np.array(ids, dtype=dtype))
+                    current += len(ids)
+            elif current:
+                parts.append(eos)
+                lengths.append(current + 1)
+                hashes.append(h)
+                current = 0
+        if parts:
+            out.write(np.concatenate(parts).tobytes())
+    return np.array(lengths, dtype=np.int64), np.array(hashes, dtype=np.uint64)
+
+
+def deal_to_splits(stream: np.ndarray, lengths: np.ndarray, is_val: np.ndarray, writers: dict[str, ShardWriter],
+                   chunk: int = COPY_TOKENS) -> None:
+    """Copy each document's tokens from the staging stream to its split, a chunk at a time."""
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    for a in range(0, len(stream), chunk):
+        b = min(a + chunk, len(stream))
+        first = int(np.searchsorted(ends, a, side="right"))
+        last = int(np.searchsorted(ends, b - 1, side="right"))
+        seg = np.minimum(ends[first : last + 1], b) - np.maximum(starts[first : last + 1], a)
+        mask = np.repeat(is_val[first : last + 1], seg)
+        tokens = np.asarray(stream[a:b])
+        writers["train"].write(tokens[~mask])
+        writers["val"].write(tokens[mask])
 
 
 @dataclass
@@ -43,64 +290,69 @@ class TokenCache:
     dir: Path
     meta: dict
 
-    def tokens(self, split: str) -> np.memmap:
-        return np.memmap(self.dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+    def tokens(self, split: str) -> ShardedTokens:
+        return ShardedTokens(self.shard_paths(split), self.meta["dtype"])
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.dir / split / f"{i:05d}.bin" for i in range(len(self.meta["shards"][split]))]
 
     @classmethod
     def build(cls, corpus, tokenizer: Tokenizer, tokenizer_key: str, eos_id: int, val_fraction: float,
-              split_seed: int, cache_dir: Path) -> "TokenCache":
-        key = hashlib.blake2b(json.dumps([corpus.fingerprint(), tokenizer_key, val_fraction, split_seed]).encode(),
-                              digest_size=10).hexdigest()
+              split_seed: int, cache_dir: Path, dtype: str = "auto",
+              shard_tokens: int = DEFAULT_SHARD_TOKENS) -> "TokenCache":
         vocab = tokenizer.get_vocab_size()
-        dtype = token_dtype(vocab)
+        np_dtype = token_dtype(vocab, dtype)
+        if not 0 < val_fraction < 1:
+            raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
+        if shard_tokens < 1:
+            raise ConfigError(f"data.shard_tokens={shard_tokens} must be positive.")
+        key = hashlib.blake2b(json.dumps([FORMAT, corpus.fingerprint(), tokenizer_key, eos_id, val_fraction,
+                                          split_seed, np_dtype.name, shard_tokens]).encode(), digest_size=10).hexdigest()
 
         def build(tmp: Path) -> None:
-            val_ids = split_of([d.id for d in corpus.documents()], val_fraction, split_seed)
-            counts = {"train": 0, "val": 0}
-            docs = {"train": 0, "val": 0}
-            files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
-            batch = []
-
-            def flush():
-                encs = tokenizer.encode_batch([d.text for d in batch], add_special_tokens=False)
-                for d, enc in zip(batch, encs):
-                    split = "val" if d.id in val_ids else "train"
-                    arr = np.asarray(enc.ids + [eos_id], dtype=dtype)
-                    files[split].write(arr.tobytes())
-                    counts[split] += arr.size
-                    docs[split] += 1
-                batch.clear()
-
-            try:
-                for doc in corpus.documents():
-                    batch.append(doc)
-                    if len(batch) >= ENCODE_BATCH_DOCS:
-                        flush()
-                if batch:
-                    flush()
-            finally:
-                for f in files.values():
-                    f.close()
-            if counts["train"] <= docs["train"] or counts["val"] <= docs["val"]:
+            started = time.perf_counter()
+            log.info("tokenizing %s into %s", corpus.name, tmp.parent / key)
+            staging = tmp / "stream.tmp"
+            with open(staging, "wb") as out:
+                lengths, hashes = encode_corpus(corpus.documents(), tokenizer, eos_id, np_dtype, out, split_seed)
+            if len(lengths) == 0:
                 raise DataError(f"the corpus {corpus.name} is empty after tokenization; give it some text.")
-            meta = {"dtype": dtype.name, "vocab_size": vocab, "eos_id": eos_id, "tokens": counts, "documents": docs,
-                    "unigram_val_loss": unigram_val_loss(tmp, dtype, vocab)}
+            is_val = val_mask(hashes, val_fraction)
+            writers = {s: ShardWriter(tmp / s, np_dtype, shard_tokens) for s in ("train", "val")}
+            stream = np.memmap(staging, dtype=np_dtype, mode="r")
+            deal_to_splits(stream, lengths, is_val, writers)
+            del stream
+            staging.unlink()
+            shards = {s: w.close() for s, w in writers.items()}
+            seconds = time.perf_counter() - started
+            total = int(lengths.sum())
+            meta = {
+                "format": FORMAT, "corpus": corpus.name, "dtype": np_dtype.name, "vocab_size": vocab, "eos_id": eos_id,
+                "tokens": {s: int(sum(n)) for s, n in shards.items()},
+                "documents": {"train": int((~is_val).sum()), "val": int(is_val.sum())},
+                "shards": shards, "shard_tokens": shard_tokens,
+                "unigram_val_loss": unigram_val_loss(tmp, shards, np_dtype, vocab),
+                "build": {"seconds": round(seconds, 3), "tokens_per_sec": round(total / max(seconds, 1e-9)),
+                          "pid": os.getpid(), "host": socket.gethostname()},
+            }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            log.info("tokenized %s: %d tokens in %.1fs", corpus.name, total, seconds)
 
         entry = build_once(Path(cache_dir) / "tokens" / key, build)
         return cls(entry, json.loads((entry / "meta.json").read_text()))
 
 
-def unigram_val_loss(folder: Path, dtype: np.dtype, vocab_size: int, chunk: int = 1 << 24) -> float:
+def unigram_val_loss(folder: Path, shards: dict[str, list[int]], dtype: np.dtype, vocab_size: int) -> float:
     """Cross-entropy (nats/token) on val of a unigram model fitted on train (add-one smoothing).
 
     The floor any model must beat: it knows token frequencies and nothing of context.
     """
+    def tokens(split):
+        return ShardedTokens([folder / split / f"{i:05d}.bin" for i in range(len(shards[split]))], dtype)
+
     counts = np.zeros(vocab_size, dtype=np.float64)
-    train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-    for i in range(0, train.size, chunk):
-        counts += np.bincount(train[i : i + chunk], minlength=vocab_size)
+    for chunk in tokens("train").chunks():
+        counts += np.bincount(chunk, minlength=vocab_size)
     logp = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
-    val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
-    total = sum(float(logp[val[i : i + chunk]].sum()) for i in range(0, val.size, chunk))
-    return -total / val.size
+    val = tokens("val")
+    return -sum(float(logp[chunk].sum()) for chunk in val.chunks()) / len(val)
