@@ -21,6 +21,7 @@ from lmforge.config_tree import print_config_tree
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
+from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
@@ -60,17 +61,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)
+    init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
     objective_cls = get_class(cfg.model._target_)
     datamodule = instantiate(cfg.data)
     datamodule.build(objective_cls.special_tokens)
-    with open_dict(cfg):
-        cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
-    model = instantiate(cfg.model)
+    if init_net is None:
+        with open_dict(cfg):
+            cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+            cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
+        model = instantiate(cfg.model)
+    else:
+        check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
+        model = instantiate(cfg.model, net=init_net)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids))
+    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids,
+                                                     tokenizer=datamodule.tokenizer))
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

@@ -25,6 +25,8 @@ class BatchBuilder(Protocol):
 
     block_len: int
 
+    # Optional: `for_split(split) -> BatchBuilder`, a variant for "train" or "val".
+
     def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]: ...
 
 
@@ -112,11 +114,16 @@ class LMDataModule(L.LightningDataModule):
             raise RuntimeError("LMDataModule.build() and set_batch_builder() must run before loaders are made")
         return TokenBlocks(self.cache.dir / f"{split}.bin", self.cache.meta["dtype"], self.batch_builder.block_len)
 
+    def _collate(self, split: str) -> BatchBuilder:
+        # An objective may collate validation differently (MLM/T5: masks fixed, so val metrics compare).
+        for_split = getattr(self.batch_builder, "for_split", None)
+        return for_split(split) if for_split else self.batch_builder
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         return DataLoader(
             self._dataset(split), batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-            collate_fn=self.batch_builder, num_workers=self.num_workers, pin_memory=pin,
+            collate_fn=self._collate(split), num_workers=self.num_workers, pin_memory=pin,
             persistent_workers=self.num_workers > 0,
         )
 
