@@ -242,8 +242,8 @@ class MaskedLM(LMObjective):
             truth = torch.where(chosen, labels, x)
             for i in range(n):
                 acc = (pred[i][chosen[i]] == truth[i][chosen[i]]).float().mean().item() if chosen[i].any() else 0.0
-                seen, filled, orig = (tokenizer.decode(t[i, :width].tolist(), skip_special_tokens=False)
+                seen, filled, orig = (tokenizer.decode(t[i, 1:width].tolist(), skip_special_tokens=False)
                                       for t in (x, pred, truth))
                 out.append(f"input:     {seen}\npredicted: {filled}\noriginal:  {orig}\n"
-                           f"({int(chosen[i, :width].sum())} masked tokens shown; {acc:.0%} of this row's right)")
+                           f"({int(chosen[i].sum())} tokens masked in this example, {acc:.0%} predicted right)")
         return out
