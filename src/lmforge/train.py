@@ -22,6 +22,7 @@ from lmforge.config_tree import print_config_tree
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
+from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
 from lmforge.parallel.init import build_model
 from lmforge.parallel.launch import isolated_job
@@ -66,18 +67,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_budget_config(cfg)
     scale_options = ScaleOptions.from_config(cfg)
+    init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
     objective_cls = get_class(cfg.model._target_)
     datamodule = instantiate(cfg.data)
     datamodule.build(objective_cls.special_tokens)
-    with open_dict(cfg):
-        cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
-    model = build_model(cfg, seed=cfg.seed)  # on the meta device under FSDP; same initial weights on any world size
+    if init_net is None:
+        with open_dict(cfg):
+            cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+            cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
+        model = build_model(cfg, seed=cfg.seed)  # on the meta device under FSDP; same initial weights on any world size
+    else:
+        check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
+        model = instantiate(cfg.model, net=init_net)
     model.scale_options = scale_options
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids))
+    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids,
+                                                     tokenizer=datamodule.tokenizer))
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

@@ -51,11 +51,13 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_context(cfg: DictConfig) -> None:
-    """The packed sequence length must fit the model's positions."""
-    seq_len, context = _get(cfg, "data.seq_len"), _get(cfg, "model.net.max_seq_len")
-    if context is not None and seq_len > context:
-        raise ConfigError(
-            f"data.seq_len={seq_len} is longer than the model's context model.net.max_seq_len={context}. "
-            f"Use data.seq_len<={context}, or raise model.net.max_seq_len (a model with learned positions "
-            "then needs training from scratch)."
-        )
+    """The packed sequence length (and for pairs, the target length) must fit the model's positions."""
+    context = _get(cfg, "model.net.max_seq_len")
+    for key in ("data.seq_len", "data.max_target_len"):
+        length = _get(cfg, key)
+        if context is not None and length is not None and length > context:
+            raise ConfigError(
+                f"{key}={length} is longer than the model's context model.net.max_seq_len={context}. "
+                f"Use {key}<={context}, or raise model.net.max_seq_len (a model with learned positions "
+                "then needs training from scratch)."
+            )

@@ -34,6 +34,8 @@ class BatchBuilder(Protocol):
 
     block_len: int
 
+    # Optional: `for_split(split) -> BatchBuilder`, a variant for "train" or "val".
+
     def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]: ...
 
 
@@ -126,6 +128,11 @@ class LMDataModule(L.LightningDataModule):
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         return {"num_workers": self.num_workers, "pin_memory": pin, "persistent_workers": self.num_workers > 0}
 
+    def _collate(self, split: str) -> BatchBuilder:
+        # An objective may collate validation differently (MLM/T5: masks fixed, so val metrics compare).
+        for_split = getattr(self.batch_builder, "for_split", None)
+        return for_split(split) if for_split else self.batch_builder
+
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -136,8 +143,8 @@ class LMDataModule(L.LightningDataModule):
                 f"{f' ({len(sampler)} per rank over {world} ranks)' if world > 1 else ''}, fewer than one batch of "
                 f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len.")
         return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                                   collate_fn=BatchCollator(self.batch_builder, self.seed), **self._loader_kwargs())
+                                   collate_fn=BatchCollator(self._collate("train"), self.seed), **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset("val"), batch_size=self.val_batch_size, shuffle=False, drop_last=False,
-                          collate_fn=BatchCollator(self.batch_builder, self.seed), **self._loader_kwargs())
+                          collate_fn=BatchCollator(self._collate("val"), self.seed), **self._loader_kwargs())

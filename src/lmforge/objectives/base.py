@@ -3,6 +3,7 @@
 An objective subclasses `LMObjective` and provides:
   special_tokens   roles -> token strings its examples need (`eos` separates documents)
   batch_builder()  how examples are built from blocks of the token stream
+  net_token_ids()  token ids the net's config takes from the tokenizer (e.g. its padding id)
   loss(batch)      (mean loss, number of target tokens) for a batch
   sample_texts()   a few generations or predictions to show people what the model learned
 """
@@ -24,9 +25,10 @@ class LMObjective(L.LightningModule):
     name: ClassVar[str] = "base"
     special_tokens: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, net: nn.Module, optimizer, scheduler=None):
+    def __init__(self, net: nn.Module, optimizer, scheduler=None, init_from: str | None = None):
         super().__init__()
         self.net = net
+        self.init_from = init_from  # the HF folder lmforge.train loaded `net` from (model.init_from), if any
         # No save_hyperparameters: the optimizer/scheduler are Hydra partials that torch.load(weights_only)
         # refuses. Checkpoints instead carry plain dicts (see on_save_checkpoint): the net's config, so
         # exports can rebuild the architecture, and the run's resolved config when lmforge.train sets it.
@@ -37,8 +39,13 @@ class LMObjective(L.LightningModule):
         self.scale_options = None  # compile, activation checkpointing, init seed: set by lmforge.train (parallel/wrap.py)
 
     # -- to be provided by each objective --
-    def batch_builder(self, seq_len: int, special_ids: dict[str, int]):
+    def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None):
         raise NotImplementedError
+
+    @classmethod
+    def net_token_ids(cls, special_ids: dict[str, int]) -> dict[str, int]:
+        """model.net.* keys lmforge.train fills from the tokenizer's special ids (e.g. pad_token_id)."""
+        return {}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
@@ -121,6 +128,7 @@ class LMObjective(L.LightningModule):
             "net_config": self.net.config_dict(),
             "tokens_seen": self.tokens_seen,
             "config": self.run_config,
+            "init_from": self.init_from,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

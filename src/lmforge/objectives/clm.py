@@ -40,7 +40,7 @@ class CausalLM(LMObjective):
     name = "clm"
     special_tokens = {"eos": "<|endoftext|>"}
 
-    def batch_builder(self, seq_len: int, special_ids: dict[str, int]) -> PackedCausalBatches:
+    def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> PackedCausalBatches:
         return PackedCausalBatches(block_len=seq_len)
 
     def loss(self, batch):

@@ -1,0 +1,304 @@
+"""Supervised (source, target) pairs for seq2seq: `data=pairs data.path=<file.jsonl | file.tsv>`.
+
+JSONL: one object per line with the source and target fields (`data.source_field`,
+`data.target_field`). TSV: `source<TAB>target` per line, or a header line naming the two fields
+among its columns. `.gz` files are read too.
+
+Pairs are tokenized once into a cache entry (ids as flat memmaps plus offsets), split into train
+and validation (a separate `data.val_path`, or a seeded `data.val_fraction` of the pairs), and
+served in length buckets: training batches hold pairs of similar source length, shuffled, so dynamic
+padding wastes little. How a pair becomes an example (eos, truncation, padding, decoder inputs) is
+the objective's business: its batch builder provides `pair_collator(max_source_len, max_target_len)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from lmforge.data.corpus import Document, read_text
+from lmforge.data.locking import build_once
+from lmforge.data.token_cache import split_of, token_dtype
+from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
+from lmforge.errors import ConfigError, DataError
+
+FORMATS = ("jsonl", "tsv")
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    source: np.ndarray
+    target: np.ndarray
+    target_text: str | None = None  # the raw reference (validation), for BLEU
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise ConfigError(f"data.format={fmt!r} is not known; choose auto, {' or '.join(FORMATS)}.")
+        return fmt
+    name = path.name.removesuffix(".gz")
+    for f, suffixes in (("jsonl", (".jsonl", ".json", ".ndjson")), ("tsv", (".tsv", ".txt"))):
+        if name.endswith(suffixes):
+            return f
+    raise ConfigError(f"data.path={str(path)!r}: cannot tell the format from the name; use a .jsonl or .tsv "
+                      "file (optionally .gz), or set data.format=jsonl|tsv.")
+
+
+def read_pairs(path: Path, fmt: str = "auto", source_field: str = "source", target_field: str = "target",
+               errors: str = "strict", key: str = "data.path") -> list[tuple[str, str]]:
+    """The (source, target) strings of a JSONL or TSV file; bad lines are named."""
+    if not path.is_file():
+        raise DataError(f"{key}={str(path)!r}: no such file. Give a .jsonl or .tsv file of pairs.")
+    fmt = _format_of(path, fmt)
+    lines = read_text(path, errors).splitlines()
+    pairs: list[tuple[str, str]] = []
+    if fmt == "jsonl":
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object with {source_field!r} and {target_field!r}.")
+            for field in (source_field, target_field):
+                if not isinstance(obj.get(field), str):
+                    what = "has no field" if field not in obj else "has a non-string field"
+                    raise DataError(f"{path}:{n}: the line {what} {field!r} (fields: {sorted(obj)}). "
+                                    "Set data.source_field / data.target_field to the right names.")
+            pairs.append((obj[source_field], obj[target_field]))
+    else:
+        cols = (0, 1)
+        first = lines[0].split("\t") if lines else []
+        if source_field in first and target_field in first:  # a header line
+            cols, lines = (first.index(source_field), first.index(target_field)), [""] + lines[1:]
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            cells = line.split("\t")
+            if len(cells) <= max(cols) or (cols == (0, 1) and len(cells) != 2):
+                raise DataError(f"{path}:{n}: expected 'source<TAB>target' (or the columns named by a header line "
+                                f"with {source_field!r} and {target_field!r}), found {len(cells)} column(s).")
+            pairs.append((cells[cols[0]], cells[cols[1]]))
+    if not pairs:
+        raise DataError(f"{key}={str(path)!r} holds no pairs.")
+    return pairs
+
+
+class PairsFile:
+    """The pairs source: one file (and optionally a separate validation file)."""
+
+    def __init__(self, path: str, val_path: str | None = None, format: str = "auto", source_field: str = "source",
+                 target_field: str = "target", errors: str = "strict"):
+        self.path = Path(path).expanduser()
+        self.val_path = Path(val_path).expanduser() if val_path else None
+        self.format, self.source_field, self.target_field, self.errors = format, source_field, target_field, errors
+        self.name = str(self.path) if self.val_path is None else f"{self.path} + {self.val_path}"
+
+    def read(self) -> dict[str, list[tuple[str, str]]] | list[tuple[str, str]]:
+        def one(p: Path, key: str):
+            return read_pairs(p, self.format, self.source_field, self.target_field, self.errors, key)
+
+        if self.val_path is None:
+            return one(self.path, "data.path")
+        return {"train": one(self.path, "data.path"), "val": one(self.val_path, "data.val_path")}
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps([self.format, self.source_field, self.target_field, self.errors]).encode())
+        for p in (self.path, self.val_path):
+            if p is not None:
+                if not p.is_file():
+                    raise DataError(f"{p}: no such file. Give a .jsonl or .tsv file of pairs.")
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+    def documents(self) -> Iterator[Document]:
+        """Both sides of every pair as text: what a tokenizer is trained on (a shared vocabulary, as T5)."""
+        data = self.read()
+        for split, pairs in (data.items() if isinstance(data, dict) else [("all", data)]):
+            for i, (s, t) in enumerate(pairs):
+                yield Document(f"{split}:{i}:source", s)
+                yield Document(f"{split}:{i}:target", t)
+
+
+class PairsCache:
+    """Tokenized pairs of both splits on disk. Per split: `{split}.{side}.bin` (flat ids) and
+    `{split}.{side}.idx` (int64 offsets, one more than pairs); `val.targets.json` keeps the raw
+    references; meta.json has counts and the unigram baseline of the targets."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.dir, self.meta = folder, meta
+
+    @classmethod
+    def build(cls, source: PairsFile, tokenizer, tokenizer_key: str, eos_id: int, val_fraction: float,
+              split_seed: int, cache_dir: Path) -> "PairsCache":
+        key = hashlib.blake2b(json.dumps(["pairs", source.fingerprint(), tokenizer_key, val_fraction, split_seed])
+                              .encode(), digest_size=10).hexdigest()
+        dtype = token_dtype(tokenizer.get_vocab_size())
+
+        def build(tmp: Path) -> None:
+            data = source.read()
+            if isinstance(data, list):
+                val = split_of([str(i) for i in range(len(data))], val_fraction, split_seed)
+                data = {"train": [p for i, p in enumerate(data) if str(i) not in val],
+                        "val": [p for i, p in enumerate(data) if str(i) in val]}
+            meta = {"dtype": dtype.name, "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos_id,
+                    "pairs": {}, "tokens": {}}
+            for split, pairs in data.items():
+                n_tokens = 0
+                for side, texts in (("source", [s for s, _ in pairs]), ("target", [t for _, t in pairs])):
+                    encs = tokenizer.encode_batch(texts, add_special_tokens=False)
+                    lengths = np.array([len(e.ids) for e in encs], dtype=np.int64)
+                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tofile(tmp / f"{split}.{side}.idx")
+                    flat = np.fromiter((i for e in encs for i in e.ids), dtype=dtype, count=int(lengths.sum()))
+                    flat.tofile(tmp / f"{split}.{side}.bin")
+                    n_tokens += int(lengths.sum()) + len(pairs)  # each side ends with eos in an example
+                meta["pairs"][split], meta["tokens"][split] = len(pairs), n_tokens
+            (tmp / "val.targets.json").write_text(json.dumps([t for _, t in data["val"]]))
+            meta["unigram_val_loss"] = _unigram_target_loss(tmp, dtype, tokenizer.get_vocab_size(), eos_id)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+        entry = build_once(Path(cache_dir) / "pairs" / key, build)
+        return cls(entry, json.loads((entry / "meta.json").read_text()))
+
+
+def _read_side(folder: Path, split: str, side: str, dtype) -> tuple[np.ndarray, np.ndarray]:
+    return np.fromfile(folder / f"{split}.{side}.bin", dtype=dtype), np.fromfile(folder / f"{split}.{side}.idx", np.int64)
+
+
+def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
+    """Cross-entropy (nats/token) on the val targets (each + eos) of a unigram model of the train
+    targets, add-one smoothed: the floor a seq2seq model must beat."""
+    def counts(split: str) -> np.ndarray:
+        ids, idx = _read_side(folder, split, "target", dtype)
+        c = np.bincount(ids.astype(np.int64), minlength=vocab).astype(np.float64)
+        c[eos_id] += len(idx) - 1
+        return c
+
+    train, val = counts("train"), counts("val")
+    logp = np.log(train + 1.0) - np.log(train.sum() + vocab)
+    return float(-(val * logp).sum() / max(val.sum(), 1.0))
+
+
+class TokenPairs(Dataset):
+    def __init__(self, folder: Path, split: str, dtype: str, with_text: bool):
+        self.src, self.src_idx = _read_side(folder, split, "source", dtype)
+        self.tgt, self.tgt_idx = _read_side(folder, split, "target", dtype)
+        self.texts = json.loads((folder / "val.targets.json").read_text()) if with_text else None
+
+    def __len__(self) -> int:
+        return len(self.src_idx) - 1
+
+    def source_length(self, i: int) -> int:
+        return int(self.src_idx[i + 1] - self.src_idx[i])
+
+    def __getitem__(self, i: int) -> TokenPair:
+        return TokenPair(self.src[self.src_idx[i] : self.src_idx[i + 1]].astype(np.int64),
+                         self.tgt[self.tgt_idx[i] : self.tgt_idx[i + 1]].astype(np.int64),
+                         None if self.texts is None else self.texts[i])
+
+
+class LengthBuckets(BatchSampler):
+    """Batches of pairs of similar source length. The indices come from `sampler` (random for
+    training, sequential for validation; Lightning swaps in a DistributedSampler under DDP, which is
+    why this is a BatchSampler with a `sampler` argument). They are sorted by length within windows
+    of `bucket_size` batches (None: all at once) and cut into batches; with `shuffle`, the batch order
+    is then shuffled, seeded by the sampler's order, so each epoch differs and a seed reproduces it."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False, lengths: list[int] = (),
+                 bucket_size: int | None = 50, shuffle: bool = True):
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths, self.bucket_size, self.shuffle = list(lengths), bucket_size, shuffle
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        window = len(order) if self.bucket_size is None else self.batch_size * max(1, self.bucket_size)
+        batches = []
+        for w in range(0, len(order), max(window, 1)):
+            chunk = sorted(order[w : w + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.shuffle:
+            random.Random(zlib.crc32(np.asarray(order, dtype=np.int64).tobytes())).shuffle(batches)
+        yield from batches
+
+
+class PairsDataModule(L.LightningDataModule):
+    """Same interface as LMDataModule (build, vocab_size, special_ids, set_batch_builder, loaders),
+    serving TokenPairs instead of token blocks. `seq_len` caps source tokens, `max_target_len` targets."""
+
+    def __init__(self, path: str, tokenizer: TokenizerSpec, cache_dir: str, val_path: str | None = None,
+                 format: str = "auto", source_field: str = "source", target_field: str = "target",
+                 errors: str = "strict", seq_len: int = 128, max_target_len: int = 128, batch_size: int = 32,
+                 val_batch_size: int | None = None, val_fraction: float = 0.05, split_seed: int = 0,
+                 bucket_size: int = 50, num_workers: int = 0, pin_memory: bool | None = None):
+        super().__init__()
+        for key, value, least in (("data.seq_len", seq_len, 2), ("data.max_target_len", max_target_len, 2),
+                                  ("data.batch_size", batch_size, 1)):
+            if value < least:
+                raise ConfigError(f"{key}={value} must be at least {least}.")
+        self.corpus = PairsFile(path, val_path, format, source_field, target_field, errors)
+        self.tokenizer_spec, self.cache_dir = tokenizer, Path(cache_dir).expanduser()
+        self.seq_len, self.max_target_len, self.batch_size = seq_len, max_target_len, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.val_fraction, self.split_seed, self.bucket_size = val_fraction, split_seed, bucket_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.tokenizer = None
+        self.tokenizer_path: Path | None = None
+        self.cache: PairsCache | None = None
+        self.special_ids: dict[str, int] = {}
+        self.collate = None
+
+    def build(self, specials: dict[str, str]) -> None:
+        """Fit or load the tokenizer on both sides of the pairs and tokenize them. Safe on every rank."""
+        texts = (d.text for d in self.corpus.documents())
+        self.tokenizer, self.tokenizer_path = self.tokenizer_spec.load_or_train(
+            texts, specials, self.corpus.fingerprint(), self.cache_dir)
+        self.special_ids = special_token_ids(self.tokenizer, specials)
+        if "eos" not in self.special_ids:
+            raise ConfigError("data=pairs needs an objective with an eos token (model=t5).")
+        self.cache = PairsCache.build(self.corpus, self.tokenizer, self.tokenizer_path.parent.name,
+                                      self.special_ids["eos"], self.val_fraction, self.split_seed, self.cache_dir)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def set_batch_builder(self, builder) -> None:
+        if not hasattr(builder, "pair_collator"):
+            raise ConfigError("data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
+                              "on: use model=t5 (or t5_tiny, t5_small).")
+        self.collate = builder.pair_collator(self.seq_len, self.max_target_len)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.collate is None:
+            raise RuntimeError("PairsDataModule.build() and set_batch_builder() must run before loaders are made")
+        data = TokenPairs(self.cache.dir, split, self.cache.meta["dtype"], with_text=split == "val")
+        lengths = [data.source_length(i) for i in range(len(data))]
+        sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
+        batches = LengthBuckets(sampler, batch_size, drop_last=False, lengths=lengths,
+                                bucket_size=self.bucket_size if shuffle else None, shuffle=shuffle)
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(data, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers,
+                          pin_memory=pin, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)

@@ -1,0 +1,114 @@
+"""Export a training checkpoint to a Hugging Face folder:
+
+    python -m lmforge.export <run dir>/checkpoints/best.ckpt <out dir> [--tokenizer tokenizer.json]
+
+The folder (config.json, model.safetensors, tokenizer files) loads with
+`transformers.AutoModelForCausalLM / AutoModelForMaskedLM / AutoModelForSeq2SeqLM.from_pretrained(dir)`
+and `AutoTokenizer.from_pretrained(dir)`. The net is rebuilt from what the checkpoint carries
+(`checkpoint["lmforge"]`: net class and config, see objectives/base.py); the tokenizer is the run's
+`tokenizer.json`, found next to the checkpoint. The exported tokenizer adds the objective's special
+tokens on encode, as Hugging Face tokenizers do: `[CLS] text [SEP]` for BERT, `text </s>` for T5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class
+from torch import nn
+
+from lmforge.errors import ConfigError, LmforgeError
+
+OBJECTIVES = {"clm": "lmforge.objectives.clm.CausalLM", "mlm": "lmforge.objectives.mlm.MaskedLM",
+              "seq2seq": "lmforge.objectives.seq2seq.Seq2SeqLM"}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r}: no such file. Give a .ckpt from <run dir>/checkpoints/.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "lmforge" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {str(path)!r} was not written by lmforge (no 'lmforge' section); "
+                          "export checkpoints from <run dir>/checkpoints/.")
+    return ckpt
+
+
+def net_from_checkpoint(ckpt: dict) -> nn.Module:
+    """The trained net, rebuilt from the checkpoint's net class, config and weights (fp32, eval)."""
+    meta = ckpt["lmforge"]
+    net = get_class(meta["net_class"])(**meta["net_config"])
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith("net."):
+            # a torch.compile'd net saves its weights under _orig_mod.
+            state[key[len("net."):].replace("_orig_mod.", "", 1)] = value.float()
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def find_tokenizer(ckpt_path: Path) -> Path | None:
+    """The run's tokenizer.json: in the checkpoint's folder or the run folder above it."""
+    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
+        if (folder / "tokenizer.json").is_file():
+            return folder / "tokenizer.json"
+    return None
+
+
+def objective_class(ckpt: dict):
+    config = ckpt["lmforge"].get("config") or {}
+    target = (config.get("model") or {}).get("_target_") or OBJECTIVES.get(ckpt["lmforge"].get("objective"))
+    return get_class(target) if target else None
+
+
+def with_post_processor(tokenizer_json: Path, objective_cls, out: Path) -> Path:
+    """A copy of the tokenizer that adds the objective's special tokens on encode (if it has any)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    processor = objective_cls.hf_post_processor(tok) if hasattr(objective_cls, "hf_post_processor") else None
+    if processor is None:
+        return tokenizer_json
+    tok.post_processor = processor
+    tok.save(str(out))
+    return out
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
+    from lmforge.models.hf import save_hf_folder
+
+    checkpoint = Path(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    net = net_from_checkpoint(ckpt)
+    tokenizer_json = Path(tokenizer) if tokenizer else find_tokenizer(checkpoint)
+    if tokenizer_json is None or not tokenizer_json.is_file():
+        raise ConfigError(f"no tokenizer.json next to {checkpoint} or in its run folder; pass --tokenizer <path>.")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = with_post_processor(tokenizer_json, objective_class(ckpt), Path(tmp) / "tokenizer.json")
+        return save_hf_folder(net, tok, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmforge.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a Lightning checkpoint written by lmforge (<run dir>/checkpoints/*.ckpt)")
+    parser.add_argument("out_dir", help="the Hugging Face folder to write")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the run folder's)")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.checkpoint, args.out_dir, args.tokenizer)
+    except LmforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = json.loads((out / "config.json").read_text())
+    print(f"wrote {config['architectures'][0]} ({config['model_type']}) to {out}: "
+          + ", ".join(sorted(p.name for p in out.iterdir())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
