@@ -37,7 +37,8 @@ def test_jsonl_tsv_header_and_gzip_read_the_same_pairs(tmp_path):
     assert read_pairs(tmp_path / "a.jsonl") == expected
     (tmp_path / "b.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in expected))
     assert read_pairs(tmp_path / "b.tsv") == expected
-    (tmp_path / "c.tsv").write_text("id\ttarget\tsource\n" + "".join(f"{i}\t{t}\t{s}\n" for i, (s, t) in enumerate(expected)))
+    rows_with_header = "".join(f"{i}\t{t}\t{s}\n" for i, (s, t) in enumerate(expected))
+    (tmp_path / "c.tsv").write_text("id\ttarget\tsource\n" + rows_with_header)
     assert read_pairs(tmp_path / "c.tsv") == expected
     with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps({"de": s, "en": t}) + "\n\n" for s, t in expected))

@@ -177,7 +177,8 @@ class PairsCache:
 
 
 def _read_side(folder: Path, split: str, side: str, dtype) -> tuple[np.ndarray, np.ndarray]:
-    return np.fromfile(folder / f"{split}.{side}.bin", dtype=dtype), np.fromfile(folder / f"{split}.{side}.idx", np.int64)
+    ids = np.fromfile(folder / f"{split}.{side}.bin", dtype=dtype)
+    return ids, np.fromfile(folder / f"{split}.{side}.idx", np.int64)
 
 
 def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
@@ -195,10 +196,15 @@ def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
 
 
 class TokenPairs(Dataset):
+    """The tokenized pairs of one split. Offsets are read at once; ids are memmapped lazily, so the
+    dataset pickles cheaply into loader workers."""
+
     def __init__(self, folder: Path, split: str, dtype: str, with_text: bool):
-        self.src, self.src_idx = _read_side(folder, split, "source", dtype)
-        self.tgt, self.tgt_idx = _read_side(folder, split, "target", dtype)
+        self.folder, self.split, self.dtype = folder, split, dtype
+        self.src_idx = np.fromfile(folder / f"{split}.source.idx", np.int64)
+        self.tgt_idx = np.fromfile(folder / f"{split}.target.idx", np.int64)
         self.texts = json.loads((folder / "val.targets.json").read_text()) if with_text else None
+        self._ids: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.src_idx) - 1
@@ -206,10 +212,20 @@ class TokenPairs(Dataset):
     def source_length(self, i: int) -> int:
         return int(self.src_idx[i + 1] - self.src_idx[i])
 
+    def _side(self, side: str) -> np.ndarray:
+        if side not in self._ids:
+            path = self.folder / f"{self.split}.{side}.bin"
+            self._ids[side] = np.memmap(path, dtype=self.dtype, mode="r") if path.stat().st_size else np.zeros(0)
+        return self._ids[side]
+
     def __getitem__(self, i: int) -> TokenPair:
-        return TokenPair(self.src[self.src_idx[i] : self.src_idx[i + 1]].astype(np.int64),
-                         self.tgt[self.tgt_idx[i] : self.tgt_idx[i + 1]].astype(np.int64),
+        src, tgt = self._side("source"), self._side("target")
+        return TokenPair(np.asarray(src[self.src_idx[i] : self.src_idx[i + 1]], dtype=np.int64),
+                         np.asarray(tgt[self.tgt_idx[i] : self.tgt_idx[i + 1]], dtype=np.int64),
                          None if self.texts is None else self.texts[i])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ids": {}}
 
 
 class LengthBuckets(BatchSampler):

@@ -214,7 +214,8 @@ class Seq2SeqLM(LMObjective):
         spans = span_counts(raw, self.noise_density, self.mean_noise_span_length)[1]
         if spans > NUM_SENTINELS:
             raise ConfigError(f"data.seq_len={seq_len} gives {spans} noise spans per example, more than the "
-                              f"{NUM_SENTINELS} sentinel tokens; lower data.seq_len or raise model.mean_noise_span_length.")
+                              f"{NUM_SENTINELS} sentinel tokens; lower data.seq_len or raise "
+                              "model.mean_noise_span_length.")
         return SpanCorruptionBatches(
             block_len=raw, input_len=input_len, target_len=target_len, eos_id=special_ids["eos"],
             pad_id=special_ids["pad"], decoder_start_id=self.net.config.decoder_start_token_id,
@@ -253,7 +254,8 @@ class Seq2SeqLM(LMObjective):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int | None = None, num_beams: int | None = None,
-                 length_penalty: float | None = None, eos_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
+                 length_penalty: float | None = None, eos_id: int | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Decoded target ids (batch, <= max_new_tokens), without the start token; rows end with eos
         (unless cut by the length) and are padded after it. Greedy with num_beams=1, else beam search
         (HF's semantics with early_stopping=True: a row is done when it has num_beams finished hypotheses,
@@ -368,12 +370,14 @@ class Seq2SeqLM(LMObjective):
         if prompt:
             ids = tokenizer.encode(prompt, add_special_tokens=False).ids + [self.eos_id]
             pred = self.generate(torch.tensor([ids], device=self.device))[0].tolist()
-            out.append(f"input:     {prompt}\npredicted: {tokenizer.decode(self._cut(pred), skip_special_tokens=False)}")
+            predicted = tokenizer.decode(self._cut(pred), skip_special_tokens=False)
+            out.append(f"input:     {prompt}\npredicted: {predicted}")
         if self._preview is None:
             return out
         n = min(num_samples, self._preview["input_ids"].size(0))
         x, mask = self._preview["input_ids"][:n], self._preview["attention_mask"][:n]
-        pred = self.generate(x.to(self.device), mask.to(self.device), max_new_tokens=self._preview["labels"].size(1) + 8)
+        pred = self.generate(x.to(self.device), mask.to(self.device),
+                             max_new_tokens=self._preview["labels"].size(1) + 8)
         pairs = "target_text" in self._preview
         for i in range(n):
             src = self._strip(x[i][mask[i].bool()].tolist())
