@@ -153,3 +153,11 @@ def test_mlm_learns_structure_to_high_masked_accuracy(tmp_path, one_thread):
     acc = float(trainer.callback_metrics["val/acc"])
     assert acc >= 0.9, f"masked-token accuracy {acc:.3f}"
     assert float(trainer.callback_metrics["val/loss"]) < 0.5
+
+
+def test_the_loaders_per_batch_generator_makes_training_masks_reproducible():
+    builder = objective().batch_builder(32, SPECIAL)
+    blocks = blocks_with_separators(8, 30)
+    a = builder(blocks, rng=np.random.default_rng([0, 1, 2]))
+    assert torch.equal(a["input_ids"], builder(blocks, rng=np.random.default_rng([0, 1, 2]))["input_ids"])
+    assert not torch.equal(a["labels"], builder(blocks, rng=np.random.default_rng([0, 1, 3]))["labels"])

@@ -79,7 +79,7 @@ def test_length_buckets_group_similar_lengths_and_cover_every_pair_once():
 
 def test_pairs_datamodule_serves_padded_batches_with_references(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", reversal_lines(400))
-    dm = PairsDataModule(path=path, tokenizer=TokenizerSpec(kind="bpe", vocab_size=300), cache_dir=str(tmp_path / "c"),
+    dm = PairsDataModule(path=path, tokenizer=TokenizerSpec(kind="bpe", vocab_size=400), cache_dir=str(tmp_path / "c"),
                          seq_len=16, max_target_len=16, batch_size=8, val_fraction=0.1)
     dm.build(Seq2SeqLM.special_tokens)
     assert dm.cache.meta["pairs"] == {"train": 360, "val": 40}
@@ -88,7 +88,7 @@ def test_pairs_datamodule_serves_padded_batches_with_references(tmp_path):
         dm.set_batch_builder(object())
     from lmforge.models.t5 import T5
 
-    model = Seq2SeqLM(net=T5(vocab_size=320, d_model=16, d_kv=4, d_ff=16, n_layer=1, n_head=2), optimizer=None)
+    model = Seq2SeqLM(net=T5(vocab_size=448, d_model=16, d_kv=4, d_ff=16, n_layer=1, n_head=2), optimizer=None)
     dm.set_batch_builder(model.batch_builder(16, dm.special_ids, tokenizer=dm.tokenizer))
     val = list(dm.val_dataloader())
     assert sum(len(b["target_text"]) for b in val) == 40

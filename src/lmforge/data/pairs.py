@@ -131,8 +131,8 @@ class PairsFile:
         data = self.read()
         for split, pairs in (data.items() if isinstance(data, dict) else [("all", data)]):
             for i, (s, t) in enumerate(pairs):
-                yield Document(f"{split}:{i}:source", s)
-                yield Document(f"{split}:{i}:target", t)
+                yield Document(f"{split}:{i}:source", [s])
+                yield Document(f"{split}:{i}:target", [t])
 
 
 class PairsCache:
@@ -146,7 +146,7 @@ class PairsCache:
     @classmethod
     def build(cls, source: PairsFile, tokenizer, tokenizer_key: str, eos_id: int, val_fraction: float,
               split_seed: int, cache_dir: Path) -> "PairsCache":
-        key = hashlib.blake2b(json.dumps(["pairs", source.fingerprint(), tokenizer_key, val_fraction, split_seed])
+        key = hashlib.blake2b(json.dumps(["pairs-v2", source.fingerprint(), tokenizer_key, val_fraction, split_seed])
                               .encode(), digest_size=10).hexdigest()
         dtype = token_dtype(tokenizer.get_vocab_size())
 
@@ -158,11 +158,14 @@ class PairsCache:
                         "val": [p for i, p in enumerate(data) if str(i) in val]}
             meta = {"dtype": dtype.name, "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos_id,
                     "pairs": {}, "tokens": {}}
+            meta["source_tokens"] = {}
             for split, pairs in data.items():
                 n_tokens = 0
                 for side, texts in (("source", [s for s, _ in pairs]), ("target", [t for _, t in pairs])):
                     encs = tokenizer.encode_batch(texts, add_special_tokens=False)
                     lengths = np.array([len(e.ids) for e in encs], dtype=np.int64)
+                    if side == "source":
+                        meta["source_tokens"][split] = int(lengths.sum())
                     np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tofile(tmp / f"{split}.{side}.idx")
                     flat = np.fromiter((i for e in encs for i in e.ids), dtype=dtype, count=int(lengths.sum()))
                     flat.tofile(tmp / f"{split}.{side}.bin")
@@ -279,6 +282,7 @@ class PairsDataModule(L.LightningDataModule):
         self.cache: PairsCache | None = None
         self.special_ids: dict[str, int] = {}
         self.collate = None
+        self.batch_builder = None
 
     def build(self, specials: dict[str, str]) -> None:
         """Fit or load the tokenizer on both sides of the pairs and tokenize them. Safe on every rank."""
@@ -300,6 +304,9 @@ class PairsDataModule(L.LightningDataModule):
             raise ConfigError("data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
                               "on: use model=t5 (or t5_tiny, t5_small).")
         self.collate = builder.pair_collator(self.seq_len, self.max_target_len)
+        pairs, tokens = self.cache.meta["pairs"]["train"], self.cache.meta["source_tokens"]["train"]
+        self.collate.block_len = max(1, min(self.seq_len, round((tokens + pairs) / max(pairs, 1))))  # with eos
+        self.batch_builder = self.collate  # the interface LMDataModule has (train.py reads block_len)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if self.collate is None:

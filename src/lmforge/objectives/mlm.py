@@ -48,26 +48,28 @@ class MaskedLMBatches:
     random_token_prob: float = 0.1
     joins_previous: torch.Tensor | None = None
     joinable: torch.Tensor | None = None
-    seed: int | None = None  # None: a fresh mask per call (training); an int: masks fixed by the contents
+    seed: int | None = None  # None: a fresh mask per call (training); an int: masks fixed by the contents (val)
 
     def for_split(self, split: str) -> "MaskedLMBatches":
         return self if split == "train" else replace(self, seed=VAL_SEED)
 
-    def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         body = torch.from_numpy(np.stack(blocks)).long()
         b = body.size(0)
         ids = torch.cat([body.new_full((b, 1), self.cls_id), body, body.new_full((b, 1), self.sep_id)], dim=1)
-        gen = self._generator(body)
+        gen = self._generator(body, rng)
         chosen = self.choose(ids, gen)
         return {"input_ids": self.corrupt(ids, chosen, gen), "attention_mask": torch.ones_like(ids),
                 "labels": ids.masked_fill(~chosen, IGNORE_INDEX)}
 
-    def _generator(self, body: torch.Tensor) -> torch.Generator:
+    def _generator(self, body: torch.Tensor, rng: np.random.Generator | None) -> torch.Generator:
         gen = torch.Generator()
-        if self.seed is None:  # drawn from the global RNG, which Lightning seeds per process and worker
-            gen.manual_seed(int(torch.randint(0, 2**62, ())))
-        else:
+        if self.seed is not None:  # validation: fixed by the contents, whatever the loader's seed
             gen.manual_seed(self.seed * 2**32 + zlib.crc32(body.numpy().tobytes()))
+        elif rng is not None:  # the loader's per-batch generator: the same masks for a seed, also after a resume
+            gen.manual_seed(int(rng.integers(0, 2**62)))
+        else:  # the global RNG, which Lightning seeds per process and worker
+            gen.manual_seed(int(torch.randint(0, 2**62, ())))
         return gen
 
     def word_starts(self, ids: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:

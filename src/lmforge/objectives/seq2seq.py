@@ -109,6 +109,7 @@ class PairBatches:
     decoder_start_id: int
     max_source_len: int
     max_target_len: int
+    block_len: int = 0  # source tokens of an average example (token budgets); the pairs data module sets it
 
     def __call__(self, pairs) -> dict:
         src = [np.append(np.asarray(p.source[: self.max_source_len - 1], dtype=np.int64), self.eos_id) for p in pairs]
@@ -141,7 +142,7 @@ class SpanCorruptionBatches:
     sentinel_ids: np.ndarray
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
-    seed: int | None = None  # None: fresh spans per call (training); an int: fixed by the contents
+    seed: int | None = None  # None: fresh spans per call (training); an int: fixed by the contents (val)
 
     def for_split(self, split: str) -> "SpanCorruptionBatches":
         return self if split == "train" else replace(self, seed=VAL_SEED)
@@ -149,12 +150,12 @@ class SpanCorruptionBatches:
     def pair_collator(self, max_source_len: int, max_target_len: int) -> PairBatches:
         return PairBatches(self.pad_id, self.eos_id, self.decoder_start_id, max_source_len, max_target_len)
 
-    def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         stacked = np.stack(blocks).astype(np.int64)
-        if self.seed is None:  # from the global RNG, which Lightning seeds per process and worker
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        else:
+        if self.seed is not None:  # validation: fixed by the contents, whatever the loader's seed
             rng = np.random.default_rng([self.seed, zlib.crc32(stacked.tobytes())])
+        elif rng is None:  # no per-batch generator from the loader: the global RNG (seeded by Lightning)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         inputs, targets = [], []
         for tokens in stacked:
             noise = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length, rng)
