@@ -329,7 +329,10 @@ class EmissionsCallback(Callback):
         self._sessions += 1
         if self._method is None:
             self._method, self._method_detail = describe_method(self._tracker)
-        self._mark = self._read()
+        # Phases start from the session's zero (the totals of earlier sessions), not from a first reading:
+        # energy measured between start() and that reading would otherwise belong to no phase.
+        base = self._recorder.base
+        self._mark = {"energy_kwh": base["energy_kwh"], "co2_kg": base["co2_kg"], "duration_s": base["duration_s"]}
 
     def _build_tracker(self, out: Path, csv_name: str, trainer: Any) -> Any:
         import codecarbon
