@@ -151,3 +151,23 @@ def test_init_from_refuses_another_family_and_another_tokenizer(runs, exported, 
     net = load_init_net(cfg)
     assert cfg.tokenizer.path == str(exported["bert_tiny"] / "tokenizer.json")  # the checkpoint's, automatically
     assert cfg.model.net.n_layer == net.config.n_layer == 2 and cfg.model.net.d_model == 32
+
+
+@pytest.mark.distributed
+def test_a_sharded_fsdp_checkpoint_exports_too(text_corpus, tmp_path):
+    from lmforge.export import export as export_folder
+    from lmforge.export import net_from_checkpoint, read_checkpoint
+
+    proc = run_train([*tiny("bert_tiny"), "data=text", f"data.path={text_corpus}", "trainer.max_steps=10",
+                      "logger=csv", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      "trainer.precision=32-true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = run_dir_from_output(proc.stdout) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir()  # one shard per rank
+    out = export_folder(ckpt, tmp_path / "hf")
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    net = net_from_checkpoint(read_checkpoint(ckpt))
+    x = torch.randint(5, 100, (2, 20))
+    with torch.no_grad():
+        assert (net(x) - hf.eval()(input_ids=x).logits).abs().max().item() <= 1e-4

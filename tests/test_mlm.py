@@ -8,10 +8,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from conftest import WORDS
+from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.models.bert import BERT
 from lmforge.objectives.mlm import IGNORE_INDEX, MaskedLM
 from lmforge.objectives.schedules import warmup_cosine
@@ -75,23 +76,16 @@ def test_training_masks_are_fresh_and_validation_masks_fixed():
     assert torch.equal(val(blocks)["input_ids"], val(blocks)["input_ids"])
 
 
-def train_tokenizer(kind: str) -> Tokenizer:
-    if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        trainer = trainers.WordPieceTrainer(vocab_size=60, special_tokens=list(MaskedLM.special_tokens.values()))
-    else:
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=list(MaskedLM.special_tokens.values()),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([" ".join(WORDS)] * 20, trainer)
+def train_tokenizer(kind: str, cache_dir) -> Tokenizer:
+    """lmforge's own tokenizer of this kind, small enough that words split into pieces."""
+    spec = TokenizerSpec(kind=kind, vocab_size={"bpe": 300, "wordpiece": 60, "unigram": 60}[kind])
+    tok, _ = spec.load_or_train([" ".join(WORDS)] * 20, MaskedLM.special_tokens, kind, cache_dir)
     return tok
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
-def test_whole_word_masking_masks_words_whole(kind):
-    tok = train_tokenizer(kind)
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_whole_word_masking_masks_words_whole(kind, tmp_path):
+    tok = train_tokenizer(kind, tmp_path)
     rng = np.random.default_rng(0)
     text = " ".join(rng.choice(WORDS, 4000))
     enc = tok.encode(text, add_special_tokens=False)

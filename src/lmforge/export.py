@@ -29,10 +29,16 @@ OBJECTIVES = {"clm": "lmforge.objectives.clm.CausalLM", "mlm": "lmforge.objectiv
 
 
 def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file, or a sharded checkpoint folder (trainer=fsdp) gathered into full tensors."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        from lmforge.parallel.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+    elif not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r}: no such file. Give a .ckpt from <run dir>/checkpoints/.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "lmforge" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {str(path)!r} was not written by lmforge (no 'lmforge' section); "
                           "export checkpoints from <run dir>/checkpoints/.")
@@ -95,7 +101,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmforge.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a Lightning checkpoint written by lmforge (<run dir>/checkpoints/*.ckpt)")
+    parser.add_argument("checkpoint", help="a checkpoint written by lmforge (<run dir>/checkpoints/*.ckpt; a file, "
+                                           "or the folder trainer=fsdp writes)")
     parser.add_argument("out_dir", help="the Hugging Face folder to write")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the run folder's)")
     args = parser.parse_args(argv)

@@ -124,7 +124,7 @@ class LMObjective(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lmforge"] = {
             "objective": self.name,
-            "net_class": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "net_class": net_class_path(self.net),
             "net_config": self.net.config_dict(),
             "tokens_seen": self.tokens_seen,
             "config": self.run_config,
@@ -140,3 +140,11 @@ class LMObjective(L.LightningModule):
     @staticmethod
     def perplexity(loss: float) -> float:
         return math.exp(min(loss, 50.0))
+
+
+def net_class_path(net: nn.Module) -> str:
+    """The import path of the net's class. FSDP2's fully_shard swaps a module's class for a generated
+    subclass (FSDP<Name>, not importable): record the first class of the MRO that can be imported back."""
+    cls = next((c for c in type(net).__mro__ if "<" not in c.__qualname__ and not c.__name__.startswith("FSDP")),
+               type(net))
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -142,8 +142,9 @@ def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 class MaskedLM(LMObjective):
     name = "mlm"
     # Roles -> tokens. `pad` first, so a trained tokenizer gives it id 0 as BERT's; `eos` ([SEP])
-    # separates documents in the token stream.
-    special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "mask": "[MASK]"}
+    # separates documents in the token stream; `sep` names it for tokenizers that add [CLS] .. [SEP].
+    special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "sep": "[SEP]",
+                      "mask": "[MASK]"}
 
     def __init__(self, net, optimizer, scheduler=None, init_from: str | None = None, mask_prob: float = 0.15,
                  mask_token_prob: float = 0.8, random_token_prob: float = 0.1, whole_word_mask: bool = False):
