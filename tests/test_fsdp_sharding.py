@@ -88,6 +88,7 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
                                  ref_tied=ref.lm_head.weight is next(iter(ref.parameters())),
                                  loss_err=abs(loss.item() - ref_loss.item()), grad_err=grad_err,
                                  norm_err=abs(norms[0] - norms[1]), clip_err=clip_err)
+        dist.barrier()  # no rank tears down while the other still finishes its last collective
     finally:
         dist.destroy_process_group()
     if rank == 0:
