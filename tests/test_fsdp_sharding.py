@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
 from lmforge.models.t5 import T5
-from lmforge.parallel.fsdp import fully_shard_net
+from lmforge.parallel.fsdp import full_weights, fully_shard_net
 from lmforge.parallel.init import materialize
 from lmforge.parallel.wrap import transformer_blocks
 
@@ -35,13 +35,15 @@ NETS = {  # vocab 101: odd on purpose, so the embedding rows do not split evenly
 
 
 def _loss(net: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    if isinstance(net, T5):
-        logits = net(ids, decoder_input_ids=ids.roll(1, dims=1))
-        # and the entry points generation uses directly (registered with FSDP as forward methods)
-        logits = logits + net.decode(ids[:, :3], net.encode(ids)).mean()
-    else:
-        logits = net(ids)
+    logits = net(ids, decoder_input_ids=ids.roll(1, dims=1)) if isinstance(net, T5) else net(ids)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+
+
+def _generation_calls(net: torch.nn.Module, ids: torch.Tensor) -> None:
+    """The calls generation makes: forward, and T5's encode/decode entry points."""
+    _loss(net, ids)
+    if isinstance(net, T5):
+        net.decode(ids[:, :3], net.encode(ids))
 
 
 def _reference(name: str):
@@ -84,10 +86,19 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
                      torch.nn.utils.clip_grad_norm_(ref.parameters(), 1e-3).item())
             clip_err = max((p.grad.full_tensor() - grads[k].grad).abs().max().item() for k, p in sharded.items())
             tied = getattr(net, "lm_head").weight is next(iter(net.parameters()))
+            # Generation: with full_weights, ranks may run different numbers of forwards (no collective inside);
+            # nested uses are no-ops; afterwards the weights are sharded again.
+            with torch.no_grad(), full_weights(net), full_weights(net):
+                for _ in range(rank + 1):
+                    _generation_calls(net, ids)
+            dist.barrier()
+            first = next(iter(net.parameters()))  # the module's parameter now (FSDP swaps in gathered ones)
+            resharded = hasattr(first, "to_local") and first.to_local().shape[0] == local_rows
             results[name] = dict(same_init=same_init, local_rows=local_rows, tied=tied,
                                  ref_tied=ref.lm_head.weight is next(iter(ref.parameters())),
                                  loss_err=abs(loss.item() - ref_loss.item()), grad_err=grad_err,
-                                 norm_err=abs(norms[0] - norms[1]), clip_err=clip_err)
+                                 norm_err=abs(norms[0] - norms[1]), clip_err=clip_err, resharded=resharded)
+        dist.barrier()  # no rank tears down while the other still finishes its last collective
     finally:
         dist.destroy_process_group()
     if rank == 0:
@@ -116,6 +127,7 @@ def test_sharded_net_matches_one_process(sharded_results, name):
     assert r["loss_err"] < 1e-5
     assert r["grad_err"] < 1e-5
     assert r["norm_err"] < 1e-5 and r["clip_err"] < 1e-8, "clipping sharded gradients must match one process"
+    assert r["resharded"], "full_weights() must leave the weights sharded again"
 
 
 def test_weights_are_split_across_ranks(sharded_results):

@@ -51,6 +51,7 @@ class GeneratedSamples(L.Callback):
         self._write(trainer)
 
     def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, log_table: bool) -> None:
+        from lmforge.parallel.fsdp import full_weights
         from lmforge.parallel.wrap import is_sharded
 
         # A sharded model (FSDP) needs every rank in each forward: then all ranks generate (the same text).
@@ -58,7 +59,7 @@ class GeneratedSamples(L.Callback):
         if tokenizer is None or not (trainer.is_global_zero or is_sharded(pl_module)):
             return
         # With compile=true, generation's growing KV cache would recompile every block at each length: run eager.
-        with torch.compiler.set_stance("force_eager"):
+        with torch.compiler.set_stance("force_eager"), full_weights(pl_module):
             samples = pl_module.sample_texts(tokenizer, **self.kwargs)
         self._step = trainer.global_step
         if not trainer.is_global_zero:

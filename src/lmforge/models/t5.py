@@ -173,9 +173,6 @@ class T5(nn.Module):
         """The repeated blocks, encoder then decoder: the units lmforge.parallel shards, checkpoints, compiles."""
         return [*self.encoder.blocks, *self.decoder.blocks]
 
-    # Entry points besides forward (FSDP gathers the shared embedding and heads on these too).
-    extra_forward_methods = ("encode", "decode")
-
     def init_weights(self) -> None:
         """(Re)draw every parameter. lmforge.parallel calls it to materialise a net built on the meta device."""
         self._init_weights()

@@ -22,6 +22,7 @@ from torchmetrics.text import SacreBLEUScore
 from lmforge.errors import ConfigError
 from lmforge.models.t5 import shift_right
 from lmforge.objectives.base import LMObjective
+from lmforge.parallel.fsdp import full_weights
 
 IGNORE_INDEX = -100
 NUM_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as T5's vocabulary
@@ -268,11 +269,14 @@ class Seq2SeqLM(LMObjective):
         k = num_beams or self.num_beams
         lp = self.length_penalty if length_penalty is None else length_penalty
         eos = self.eos_id if eos_id is None else eos_id
-        enc = self.net.encode(input_ids, attention_mask)
-        if k == 1:
-            out = self._greedy(enc, attention_mask, max_new, eos, use_cache)
-        else:
-            out = self._beam(enc, attention_mask, max_new, k, lp, eos, use_cache)
+        # Under FSDP each rank stops decoding on its own batch: with the whole weights gathered first, the
+        # decoding steps need no collectives (lmforge/parallel/fsdp.py).
+        with full_weights(self.net):
+            enc = self.net.encode(input_ids, attention_mask)
+            if k == 1:
+                out = self._greedy(enc, attention_mask, max_new, eos, use_cache)
+            else:
+                out = self._beam(enc, attention_mask, max_new, k, lp, eos, use_cache)
         self.train(was_training)
         return out if out.size(1) else out.new_full((out.size(0), 1), c.pad_token_id)
 

@@ -9,6 +9,8 @@ over gloo on CPU and NCCL on GPUs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -81,7 +83,7 @@ def fully_shard_net(net: nn.Module, blocks: list[nn.Module], mesh, reshard_after
     """fully_shard each transformer block (one all-gather unit each), then the root for what is left (embeddings,
     final norm, heads; tied weights stay together there). The root keeps its weights gathered from forward to
     backward, as FSDP does by default."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     # Blocks return their KV cache (views of k/v) beside the output; FSDP warns about views, but nothing in
     # lmforge writes into a block's outputs in place.
@@ -89,6 +91,33 @@ def fully_shard_net(net: nn.Module, blocks: list[nn.Module], mesh, reshard_after
     common = dict(mesh=mesh, mp_policy=mp_policy or MixedPrecisionPolicy(), offload_policy=offload_policy or OffloadPolicy())
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard_after_forward, **common)
+        block._lmforge_reshard_after_forward = reshard_after_forward  # restored by full_weights()
     fully_shard(net, **common)
-    for name in getattr(net, "extra_forward_methods", ()):  # e.g. T5.encode/decode, called directly in generation
-        register_fsdp_forward_method(net, name)
+    net._lmforge_reshard_after_forward = False  # FSDP's choice for the root
+    # Entry points other than forward (T5.encode/decode in generation) run inside full_weights(), with the weights
+    # already gathered. Not registered with register_fsdp_forward_method: T5.forward calls them itself, and such
+    # nested root forwards make FSDP reshard the root at the end of every forward (and deadlock in full_weights).
+
+
+@contextmanager
+def full_weights(module: nn.Module) -> Iterator[None]:
+    """Every rank holds the whole weights for the duration: for generation under FSDP. One all-gather per unit on
+    entry (a collective: all ranks enter together) and none per forward, so ranks may then make different numbers
+    of forward calls (greedy or beam search stopping early on their own batches) without waiting on each other,
+    and may call entry points other than forward (T5.encode/decode). Costs the memory of the unsharded weights,
+    as DDP always does. Outside FSDP it does nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    # Units an enclosing full_weights() already gathered stay as they are (it reshards them when it ends).
+    units = [m for m in module.modules() if isinstance(m, FSDPModule) and not getattr(m, "_lmforge_gathered", False)]
+    for m in units:
+        m._lmforge_gathered = True
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(getattr(m, "_lmforge_reshard_after_forward", True), recurse=False)
+            m._lmforge_gathered = False
