@@ -33,6 +33,9 @@ def test_run_folder_has_everything(first_run):
     assert s["baseline"]["unigram_val_loss"] > 0
     assert "model=gpt_tiny" in s["overrides"]
     assert "Run folder" in proc.stdout and "summary.json" in proc.stdout
+    log = (run_dir / "train.log").read_text()  # what the user was told stays in the run folder
+    assert "Run folder (completed)" in log and "the unigram baseline" in log and "parameters" in log
+    assert "LeafSpec" not in proc.stderr  # a library-to-library deprecation is not shown to users
     header = (run_dir / "csv/metrics.csv").read_text().splitlines()[0]
     for key in ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm"):
         assert key in header
@@ -46,6 +49,15 @@ def test_resume_continues_the_step_count(first_run, text_corpus):
     s = json.loads((run_dir_from_output(proc.stdout) / "summary.json").read_text())
     assert s["steps"] == 30
     assert s["tokens"] == 30 * 8 * 32  # token count is restored from the checkpoint, not restarted
+    # Energy: this run's own measurement, plus what the run had spent up to the checkpoint.
+    first = json.loads((run_dir / "summary.json").read_text())["emissions"]
+    e = s["emissions"]
+    before = e["cumulative"]["before_resume"]
+    assert before["step"] == 20 and before["runs"] == 1
+    assert 0 < before["energy_kwh"] <= first["energy_kwh"]
+    assert e["cumulative"]["energy_kwh"] == pytest.approx(before["energy_kwh"] + e["energy_kwh"])
+    assert e["cumulative"]["co2_kg"] == pytest.approx(before["co2_kg"] + e["co2_kg"])
+    assert e["cumulative"]["runs"] == 2
 
 
 def test_default_logger_is_an_offline_wandb_run_in_the_run_folder(text_corpus):

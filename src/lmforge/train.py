@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.budget import apply_budget, check_budget_config, describe
 from lmforge.config_tree import print_config_tree
+from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
@@ -29,6 +31,10 @@ from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
+
+# Lightning 2.6 still builds torch's deprecated LeafSpec, and torch 2.13 warns about it on every logged dict:
+# a message about the two libraries, not something a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 VOCAB_MULTIPLE = 64  # pad the embedding to a multiple of 64: faster matmuls, no effect on loss
 
@@ -115,11 +121,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print_config_tree(cfg)
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        print(f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
-              f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
-              f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
-              f"{summary['baseline']['unigram_val_loss']:.3f}")
-        print(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
+        say(f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
+           f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
+           f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
+           f"{summary['baseline']['unigram_val_loss']:.3f}")
+        say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
 
     estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks)
     if estimate:
@@ -158,11 +164,11 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
     if "val/loss" in m:
         gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
-        print(f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
-              f"{abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} the unigram baseline; "
-              f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
-              f"{summary['wall_time_s']:.0f}s")
-    print(f"Run folder ({summary['status']}): {run_dir}")
+        say(f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
+           f"{abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} the unigram baseline; "
+           f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
+           f"{summary['wall_time_s']:.0f}s")
+    say(f"Run folder ({summary['status']}): {run_dir}")
     for p in sorted(run_dir.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")
 

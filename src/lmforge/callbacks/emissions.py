@@ -22,14 +22,10 @@ a fresh reading (``tracker.flush()``) at each phase boundary and attributes the 
 from __future__ import annotations
 
 import atexit
-import csv
 import inspect
 import logging
 import math
 import os
-import platform
-import threading
-import time
 import warnings
 import weakref
 from pathlib import Path
@@ -39,12 +35,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lmforge.emissions.estimate import format_projection, project
+from lmforge.emissions.method import describe_method
+from lmforge.emissions.recorder import Reading, make_recorder
 from lmforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-TIMELINE_FIELDS = ("session", "time_s", "duration_s", "step", "phase", "energy_kwh", "co2_kg", "power_w",
-                   "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh")
 
 
 class EmissionsWarning(UserWarning):
@@ -54,176 +49,6 @@ class EmissionsWarning(UserWarning):
 def _warn(msg: str) -> None:
     warnings.warn(msg, EmissionsWarning, stacklevel=3)
     log.warning(msg)
-
-
-class _Reading(dict):
-    """Cumulative totals at one instant (over all sessions of this callback)."""
-
-
-def _make_recorder(callback: "EmissionsCallback", timeline_path: Path):
-    """A CodeCarbon output handler: the public hook through which we see live totals.
-
-    ``live_out`` fires after every periodic measurement (api_call_interval=1), ``out``
-    on flush()/stop(); both run with the tracker's cumulative EmissionsData.
-    """
-    from codecarbon.output_methods.base_output import BaseOutput
-
-    class _Recorder(BaseOutput):
-        def __init__(self) -> None:
-            self.lock = threading.Lock()
-            self.latest: _Reading | None = None
-            self.prev: tuple[float, float] | None = None  # (time, energy) of previous sample
-            self.path = timeline_path
-            self.base = {"energy_kwh": 0.0, "co2_kg": 0.0, "cpu": 0.0, "gpu": 0.0, "ram": 0.0,
-                         "duration_s": 0.0}
-            self.session = 0
-            self.last_data = None
-
-        def _record(self, total) -> None:
-            now = time.perf_counter()
-            if callback._t0 is None:
-                callback._t0 = now  # timeline clock starts at the first sample
-            b = self.base
-            r = _Reading(
-                session=self.session,
-                time_s=now - callback._t0,
-                step=callback._step,
-                phase=callback._phase,
-                energy_kwh=b["energy_kwh"] + float(total.energy_consumed or 0.0),
-                co2_kg=b["co2_kg"] + float(total.emissions or 0.0),
-                cpu_energy_kwh=b["cpu"] + float(total.cpu_energy or 0.0),
-                gpu_energy_kwh=b["gpu"] + float(total.gpu_energy or 0.0),
-                ram_energy_kwh=b["ram"] + float(total.ram_energy or 0.0),
-                session_duration_s=float(total.duration or 0.0),
-                duration_s=b["duration_s"] + float(total.duration or 0.0),  # tracked time only
-            )
-            with self.lock:
-                # flush() right after a measurement re-reports the same totals: only a
-                # sample whose energy moved starts a new power interval / timeline row.
-                changed = self.prev is None or r["energy_kwh"] > self.prev[1]
-                if self.prev is None:
-                    r["power_w"] = None  # first sample of a session: no interval yet
-                elif changed:
-                    r["power_w"] = (r["energy_kwh"] - self.prev[1]) * 3.6e6 / max(now - self.prev[0], 1e-6)
-                else:
-                    r["power_w"] = self.latest.get("power_w") if self.latest else None
-                if changed:
-                    self.prev = (now, r["energy_kwh"])
-                self.latest = r
-                self.last_data = total
-                if changed:
-                    self._write(r)
-
-        def _write(self, r: _Reading) -> None:
-            try:
-                new = not self.path.exists()
-                with open(self.path, "a", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=TIMELINE_FIELDS, extrasaction="ignore")
-                    if new:
-                        w.writeheader()
-                    w.writerow({k: (f"{v:.9g}" if isinstance(v, float) else ("" if v is None else v))
-                                for k, v in r.items()})
-            except OSError:
-                pass  # the timeline is a convenience; totals live in memory and emissions.csv
-
-        def out(self, total, delta) -> None:
-            self._record(total)
-
-        def live_out(self, total, delta) -> None:
-            self._record(total)
-
-        def close_session(self) -> None:
-            with self.lock:
-                if self.latest is not None:
-                    self.base = {"energy_kwh": self.latest["energy_kwh"], "co2_kg": self.latest["co2_kg"],
-                                 "cpu": self.latest["cpu_energy_kwh"], "gpu": self.latest["gpu_energy_kwh"],
-                                 "ram": self.latest["ram_energy_kwh"], "duration_s": self.latest["duration_s"]}
-                self.session += 1
-                self.prev = None
-
-    return _Recorder()
-
-
-def describe_method(tracker: Any, last_data: Any = None) -> tuple[str, dict[str, Any]]:
-    """What CodeCarbon actually measured: a short label and a detail dict.
-
-    Reads CodeCarbon internals (``_hardware``, ``_conf``); on version drift the label
-    degrades to what can still be read rather than guessing.
-    """
-    detail: dict[str, Any] = {"tracking_mode": getattr(tracker, "_tracking_mode", None)}
-    short: dict[str, str] = {}  # component -> label, printed GPU, CPU, RAM
-    long: list[str] = []
-    conf = getattr(tracker, "_conf", {}) or {}
-    linux = platform.system() == "Linux"
-    for hw in getattr(tracker, "_hardware", []) or []:
-        kind = type(hw).__name__
-        if kind == "GPU":
-            model = str(conf.get("gpu_model") or "")
-            amd = "amd" in model.lower() or "instinct" in model.lower()
-            detail["gpu"], detail["gpu_model"] = ("amdsmi" if amd else "nvml"), model
-            short["gpu"] = "AMD SMI" if amd else "NVML"
-            long.append(f"GPU: {'AMD SMI' if amd else 'NVML'} energy counters ({model})")
-        elif kind == "CPU":
-            mode, tdp = getattr(hw, "_mode", "?"), getattr(hw, "_tdp", None)
-            detail["cpu"], detail["cpu_model"] = mode, getattr(hw, "_model", None)
-            no_rapl = " (no RAPL)" if linux else ""
-            if mode in ("intel_rapl", "windows_emi"):
-                short["cpu"] = "RAPL"
-                long.append("CPU: RAPL energy counters")
-            elif mode == "cpu_load":
-                detail["cpu_tdp_w"] = tdp
-                detail["cpu_tdp_source"] = src = _tdp_source(tracker, hw)
-                short["cpu"] = "CPU-load estimate" + no_rapl
-                long.append(f"CPU: load estimate, power = {tdp:g} W TDP x (0.1 + 0.9 x load^3), "
-                            f"TDP from {src}")
-            elif mode == "constant":
-                detail["cpu_tdp_w"] = tdp
-                short["cpu"] = "TDP" + no_rapl
-                long.append(f"CPU: constant 50% of a {tdp:g} W TDP")
-            else:
-                short["cpu"] = str(mode)
-                long.append(f"CPU: {mode}")
-            if linux and mode not in ("intel_rapl",):
-                long[-1] += "; no RAPL (/sys/class/powercap/intel-rapl missing or unreadable)"
-        elif kind == "RAM":
-            forced = getattr(hw, "_force_ram_power", None)
-            ram_w = getattr(last_data, "ram_power", None)
-            detail["ram"] = "constant" if forced else "model"
-            if ram_w:
-                detail["ram_power_w"] = round(float(ram_w), 3)
-            short["ram"] = "RAM " + ("constant" if forced else "model")
-            long.append(f"RAM: {'user constant' if forced else 'size-based model'}"
-                        + (f", {float(ram_w):.3g} W" if ram_w else ""))
-        elif kind in ("AppleSiliconChip", "Raspberry"):
-            label = "powermetrics" if kind == "AppleSiliconChip" else "Raspberry Pi PMIC"
-            short[f"apple_{getattr(hw, 'chip_part', '')}"] = label
-            long.append(f"{getattr(hw, 'chip_part', '')}: {label}")
-    detail.setdefault("gpu", None)
-    if detail["gpu"] is None:
-        long.append("GPU: none")
-    detail["rapl"] = detail.get("cpu") in ("intel_rapl", "windows_emi")
-    rank = {"GPU": 0, "CPU": 1, "RAM": 3}
-    detail["description"] = "; ".join(sorted(long, key=lambda x: rank.get(x.split(":")[0], 2)))
-    order = ["gpu", "cpu"] + [k for k in short if k not in ("gpu", "cpu", "ram")] + ["ram"]
-    return (" + ".join(short[k] for k in order if k in short) or "unknown"), detail
-
-
-def _tdp_source(tracker: Any, hw: Any) -> str:
-    if getattr(tracker, "_force_cpu_power", None):
-        return "the user (force_cpu_power)"
-    if getattr(hw, "_is_generic_tdp", False):
-        return "CodeCarbon's generic 85 W constant"
-    try:  # a model CodeCarbon does not know gets 4 W per thread (core/cpu.py, TDP._main)
-        from codecarbon.core.cpu import TDP
-        from codecarbon.input import DataSource
-
-        model = getattr(hw, "_model", "") or ""
-        df = DataSource().get_cpu_power_data()
-        if TDP.__new__(TDP)._get_matching_cpu(model, df) is None:
-            return f"CodeCarbon's 4 W/thread default for an unlisted CPU ({model!r})"
-        return f"CodeCarbon's CPU table ({model!r})"
-    except Exception:  # version drift in codecarbon internals: stay vague, not wrong
-        return "CodeCarbon"
 
 
 class EmissionsCallback(Callback):
@@ -289,9 +114,9 @@ class EmissionsCallback(Callback):
         self._interrupted = False
         self._phase = "other"
         self._phase_stack: list[str] = []
-        self._mark: _Reading | None = None
+        self._mark: Reading | None = None
         self._phases: dict[str, dict[str, float]] = {}
-        self._train_start: _Reading | None = None
+        self._train_start: Reading | None = None
         self._projection: dict[str, Any] | None = None
         self._last_logged_step = -1
         self._sessions = 0
@@ -305,6 +130,7 @@ class EmissionsCallback(Callback):
         self._other_nodes: dict[int, dict[str, float]] = {}
         self._trackers_seen: int | None = None
         self._files: dict[str, str] = {}
+        self._before_resume: dict[str, Any] | None = None  # the run's totals up to the checkpoint we resumed from
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ tracker plumbing
@@ -317,7 +143,7 @@ class EmissionsCallback(Callback):
             # and leaves a half-built tracker: create it first, check the result after.
             out.mkdir(parents=True, exist_ok=True)
             if self._recorder is None:
-                self._recorder = _make_recorder(self, out / tl_name)
+                self._recorder = make_recorder(self, out / tl_name)
             self._tracker = self._build_tracker(out, csv_name, trainer)
             self._tracker.start()  # also @suppress'ed: a failed start leaves _start_time None
             if getattr(self._tracker, "_start_time", None) is None:
@@ -373,7 +199,7 @@ class EmissionsCallback(Callback):
             raise RuntimeError(f"CodeCarbon tracker failed to initialise (output_dir={out})")
         return tracker
 
-    def _read(self) -> _Reading | None:
+    def _read(self) -> Reading | None:
         """Current cumulative totals, freshly measured (flush() also rewrites emissions.csv)."""
         if self._recorder is None:
             return None
@@ -384,7 +210,7 @@ class EmissionsCallback(Callback):
                 self._errors.append(f"flush failed: {e}")
         return self._recorder.latest
 
-    def _enter(self, phase: str, now: _Reading | None = None) -> None:
+    def _enter(self, phase: str, now: Reading | None = None) -> None:
         """Attribute energy since the last boundary to the current phase, then switch."""
         if self._tracker is not None or now is not None:
             now = now if now is not None else self._read()
@@ -491,7 +317,7 @@ class EmissionsCallback(Callback):
     def _pop(self) -> None:
         self._enter(self._phase_stack.pop() if self._phase_stack else "other")
 
-    def _log(self, trainer: Any, r: _Reading | None, final: bool = False) -> None:
+    def _log(self, trainer: Any, r: Reading | None, final: bool = False) -> None:
         if r is None or not getattr(trainer, "is_global_zero", True):
             return
         power = r.get("power_w")
@@ -568,6 +394,28 @@ class EmissionsCallback(Callback):
         self._other_nodes = {int(row[1]): {"energy_kwh": row[2], "co2_kg": row[3], "duration_s": row[4]}
                              for row in rows if row[0] > 0 and int(row[1]) != self._node_rank}
 
+    # ------------------------------------------------------------------ checkpoints
+    # A resumed run measures afresh; the checkpoint carries what the run had spent up to it, so
+    # summary.json can answer "what did this model cost to train" across interruptions (`cumulative`).
+    def state_dict(self) -> dict[str, Any]:
+        r = self._read() if self._is_tracker_rank else None
+        if r is None:
+            return dict(self._before_resume or {})
+        nodes = max(self._num_nodes, 1)  # rank 0 measures its node; others are assumed to draw alike
+        prior = self._before_resume or {}
+        return {
+            "energy_kwh": prior.get("energy_kwh", 0.0) + r["energy_kwh"] * nodes,
+            "co2_kg": prior.get("co2_kg", 0.0) + r["co2_kg"] * nodes,
+            "duration_s": prior.get("duration_s", 0.0) + r["duration_s"],
+            "step": self._step,
+            "runs": prior.get("runs", 0) + 1,
+            **({"extrapolated_to_nodes": nodes} if nodes > 1 else {}),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("energy_kwh") is not None:
+            self._before_resume = dict(state_dict)
+
     # ------------------------------------------------------------------ contract
     def summary(self, final: bool = True) -> dict[str, Any]:
         """The ``emissions`` section of summary.json. ``final`` stops a still-running tracker."""
@@ -616,6 +464,13 @@ class EmissionsCallback(Callback):
             out["projection"] = dict(self._projection)
         if self.estimate:
             out["estimate"] = dict(self.estimate)
+        if self._before_resume:
+            prior = self._before_resume
+            out["cumulative"] = {
+                "energy_kwh": prior["energy_kwh"] + energy, "co2_kg": prior["co2_kg"] + co2,
+                "duration_s": prior["duration_s"] + duration, "runs": prior.get("runs", 1) + 1,
+                "before_resume": dict(prior),
+            }
         try:
             import codecarbon
 

@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lmforge.console import say
 from lmforge.emissions.estimate import EstimateError, estimate_for_run, format_estimate
 
 
@@ -32,11 +33,11 @@ def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks
             seq_len=cfg.data.seq_len, **kwargs)
     except (EstimateError, ValueError) as e:  # an estimate is advice: never block the run over it
         if trainer.is_global_zero:
-            print(f"(no emissions estimate: {e})")
+            say(f"(no emissions estimate: {e})")
         return None
     result = est.to_dict()
     if tracker is not None:
         tracker.estimate = result
     if trainer.is_global_zero:
-        print(format_estimate(est))
+        say(format_estimate(est))
     return result
