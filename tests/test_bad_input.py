@@ -6,8 +6,6 @@ import pytest
 
 from conftest import TINY, run_train
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def bad_utf8(tmp_path_factory):

@@ -104,7 +104,6 @@ def test_random_batch_builders_get_a_per_batch_rng_independent_of_workers(text_c
     assert not torch.equal(a[0], a[1])
 
 
-@pytest.mark.slow
 def test_train_resumed_mid_epoch_sees_the_same_batches_as_an_uninterrupted_run(text_corpus):
     ckpt = ["+callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.model_checkpoint.save_top_k=-1",
             "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.filename='step{step}'",
@@ -144,7 +143,6 @@ def test_lightning_keeps_our_sampler_under_ddp_and_each_rank_takes_its_share(tex
     assert len(loader) == (len(dm._dataset("train")) // 2) // 4
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_ranks_build_the_cache_once_and_train_on_their_shares(text_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))  # a cold cache: both ranks start building

@@ -17,7 +17,6 @@ from lmforge.flops import training_flops
 from lmforge.models.gpt import GPT
 from wandb_records import read_records, read_run
 
-pytestmark = pytest.mark.slow
 
 STEPS, WARMUP, BATCH, SEQ = 20, 3, 8, 32
 RUN_ARGS = [*TINY, "trainer.max_steps=20", "callbacks.throughput.warmup_steps=3", "callbacks.throughput.window=4",

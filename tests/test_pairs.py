@@ -101,7 +101,6 @@ def test_pairs_datamodule_serves_padded_batches_with_references(tmp_path):
     assert "target_text" not in train and train["input_ids"].shape[0] == 8
 
 
-@pytest.mark.slow
 def test_t5_trains_on_pairs_and_reports_bleu(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", reversal_lines(600))
     args = ["model=t5_tiny", *[a for a in TINY if not a.startswith("model=")], "data=pairs", f"data.path={path}",

@@ -8,8 +8,6 @@ import pytest
 
 from conftest import TINY, run_dir_from_output, run_train
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def first_run(text_corpus):
