@@ -32,7 +32,7 @@ def test_run_folder_has_everything(first_run):
     assert "model=gpt_tiny" in s["overrides"]
     assert "Run folder" in proc.stdout and "summary.json" in proc.stdout
     log = (run_dir / "train.log").read_text()  # what the user was told stays in the run folder
-    assert "Run folder (completed)" in log and "the unigram baseline" in log and "parameters" in log
+    assert "Run folder (completed)" in log and "the unigram baseline" in log and "parameters: wte" in log
     assert "LeafSpec" not in proc.stderr  # a library-to-library deprecation is not shown to users
     header = (run_dir / "csv/metrics.csv").read_text().splitlines()[0]
     for key in ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm"):

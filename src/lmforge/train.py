@@ -26,6 +26,7 @@ from lmforge.emissions.pre_run import pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
+from lmforge.param_count import describe_parameters
 from lmforge.parallel.init import build_model
 from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
@@ -125,6 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
            f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
            f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
            f"{summary['baseline']['unigram_val_loss']:.3f}")
+        say(f"  parameters: {describe_parameters(model.net)}")
         say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
 
     estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks)
