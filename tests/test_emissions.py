@@ -275,3 +275,36 @@ def test_cpu_peak_estimate():
     assert hardware.cpu_flops_per_cycle("bf16", {"avx512f", "amx_bf16", "amx_tile"}) == 1024
     assert hardware.cpu_peak_flops("fp32", cores=2, clock_hz=2e9, flops_per_cycle=32) == 128e9
     assert hardware.peak_flops("cpu", "fp32") > 1e9  # this machine, from /proc/cpuinfo
+
+
+def test_pre_run_flops_come_from_the_objectives_own_batch_shapes():
+    """The forecast counts what MFU counts: GPT on seq_len tokens; T5 on its encoder input and its shorter
+    span-corruption target (6 x params x tokens would overestimate it), without touching training's RNG."""
+    from omegaconf import OmegaConf
+
+    from lmforge.emissions.pre_run import planned_flops
+    from lmforge.flops import gpt_forward_flops, t5_forward_flops
+    from lmforge.models.gpt import GPT
+    from lmforge.models.t5 import T5
+    from lmforge.objectives.clm import PackedCausalBatches
+    from lmforge.objectives.seq2seq import NUM_SENTINELS, Seq2SeqLM
+
+    cfg = OmegaConf.create({"data": {"batch_size": 4}, "trainer": {"accumulate_grad_batches": 2}})
+    trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    gpt = GPT(vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, d_model=32)
+    assert planned_flops(gpt, PackedCausalBatches(block_len=32), cfg, trainer, token_id=63) == \
+        3 * gpt_forward_flops(gpt.config, 4, 32) * 2 * 10
+
+    special = {"pad": 0, "eos": 1, "unk": 2, **{f"sentinel_{i}": 3 + i for i in range(NUM_SENTINELS)}}
+    t5 = T5(vocab_size=192, d_model=32, d_kv=8, d_ff=64, n_layer=2, n_head=4)
+    builder = Seq2SeqLM(net=t5, optimizer=None, scheduler=None).batch_builder(64, special)
+    torch.manual_seed(0)
+    expected_next_draw = torch.rand(1)
+    torch.manual_seed(0)
+    flops = planned_flops(t5, builder, cfg, trainer, token_id=191)
+    assert torch.rand(1) == expected_next_draw  # the global RNG is where it was
+    assert flops == 3 * t5_forward_flops(t5.config, 4, builder.input_len, builder.target_len) * 2 * 10
+    assert builder.target_len < builder.input_len
+    six_nd = 6 * sum(p.numel() for p in t5.parameters()) * 4 * 64 * 2 * 10
+    assert flops < six_nd

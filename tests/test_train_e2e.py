@@ -34,6 +34,8 @@ def test_run_folder_has_everything(first_run):
     log = (run_dir / "train.log").read_text()  # what the user was told stays in the run folder
     assert "Run folder (completed)" in log and "the unigram baseline" in log and "parameters: wte" in log
     assert "LeafSpec" not in proc.stderr  # a library-to-library deprecation is not shown to users
+    # the pre-run forecast counts the FLOPs the throughput callback then measured MFU over
+    assert s["emissions"]["estimate"]["flops"] == pytest.approx(s["perf"]["flops_per_step"] * 20)
     header = (run_dir / "csv/metrics.csv").read_text().splitlines()[0]
     for key in ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm"):
         assert key in header

@@ -22,7 +22,7 @@ from lmforge.budget import apply_budget, check_budget_config, describe
 from lmforge.config_tree import print_config_tree
 from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
-from lmforge.emissions.pre_run import pre_run_estimate
+from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
@@ -129,7 +129,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         say(f"  parameters: {describe_parameters(model.net)}")
         say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
 
-    estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks)
+    flops = planned_flops(model.net, datamodule.batch_builder, cfg, trainer, token_id=datamodule.vocab_size - 1)
+    estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks, flops=flops)
     if estimate:
         summary["emissions"] = {"estimate": estimate}
 

@@ -228,8 +228,8 @@ def estimate_for_run(params: float, tokens: float, *, device: str | None = None,
                      pue: float = DEFAULT_PUE, intensity: float | None = None,
                      country_iso_code: str = "USA", region: str | None = None,
                      n_layer: int | None = None, d_model: int | None = None,
-                     seq_len: int | None = None) -> Estimate:
-    """The estimate ``train.py`` prints before a run.
+                     seq_len: int | None = None, flops: float | None = None) -> Estimate:
+    """The estimate ``train.py`` prints before a run. ``flops``, when known, replaces 6·N·D (+ attention).
 
     ``device``: a table key, a ``torch.cuda.get_device_name()`` string or "cpu"
     (default: this machine's first CUDA device, else "cpu"). Power defaults to the GPU's
@@ -247,7 +247,7 @@ def estimate_for_run(params: float, tokens: float, *, device: str | None = None,
         intensity = grid_intensity(country_iso_code, region)
     if mfu is None:
         mfu = DEFAULT_MFU["cpu" if key == "cpu" else "gpu"]
-    return estimate(params=params, tokens=tokens, accelerator=key, count=count, mfu=mfu, dtype=dtype,
+    return estimate(params=params, tokens=tokens, flops=flops, accelerator=key, count=count, mfu=mfu, dtype=dtype,
                     power_w=power_w, pue=pue, intensity=intensity, n_layer=n_layer, d_model=d_model,
                     seq_len=seq_len)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from lmforge.console import say
 from lmforge.emissions.estimate import EstimateError, estimate_for_run, format_estimate
+from lmforge.flops import training_flops
 
 
 def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:
@@ -18,7 +22,28 @@ def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:
     return max(0, trainer.max_steps) * per_step
 
 
-def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list) -> dict[str, Any] | None:
+def planned_flops(net: nn.Module, builder: Any, cfg: DictConfig, trainer: L.Trainer, token_id: int) -> float | None:
+    """Training FLOPs of the run, counted by lmforge.flops (the count MFU uses) on one batch the objective's
+    own builder makes: exact shapes for every family (T5's encoder and decoder lengths differ, BERT adds
+    [CLS]/[SEP]), where 6 x params x tokens overestimates an encoder-decoder. None when the builder does not
+    make batches from stream blocks (seq2seq pairs) or the family is unknown: the caller falls back to 6ND."""
+    block_len = int(getattr(builder, "block_len", 0) or 0)
+    if block_len <= 0:
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]):  # builders may draw from the global RNG: leave training's untouched
+            batch = builder([np.full(block_len, token_id, dtype=np.int64)] * cfg.data.batch_size)
+        per_micro_batch = training_flops(net, batch)
+    except Exception:  # an estimate is advice: any surprise here means "use the 6ND formula"
+        return None
+    if not per_micro_batch:
+        return None
+    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+    return float(per_micro_batch) * accumulate * trainer.world_size * max(0, trainer.max_steps)
+
+
+def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list,
+                     flops: float | None = None) -> dict[str, Any] | None:
     """Print the estimate (global rank 0) and hand it to the emissions callback for summary.json."""
     tracker = next((c for c in callbacks if getattr(c, "summary_key", None) == "emissions"), None)
     net = cfg.model.net
@@ -30,7 +55,7 @@ def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks
         est = estimate_for_run(
             params, planned_tokens(cfg, trainer), count=trainer.world_size, dtype=str(trainer.precision),
             n_layer=OmegaConf.select(net, "n_layer"), d_model=OmegaConf.select(net, "d_model"),
-            seq_len=cfg.data.seq_len, **kwargs)
+            seq_len=cfg.data.seq_len, flops=flops, **kwargs)
     except (EstimateError, ValueError) as e:  # an estimate is advice: never block the run over it
         if trainer.is_global_zero:
             say(f"(no emissions estimate: {e})")
