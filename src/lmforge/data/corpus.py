@@ -195,8 +195,13 @@ def approx_text_bytes(files: list[Path]) -> int:
     return sum(f.stat().st_size * (3 if f.name.endswith(".gz") else 1) for f in files)
 
 
-class TextFiles:
-    """Plain-text corpus. One document per file; a single file is cut into paragraph documents."""
+class LocalFiles:
+    """Files under `data.path` (a file, folder or glob): what the text and JSONL corpora share — resolving the
+    path, refusing an empty corpus, size and fingerprint. Subclasses set `kind` and `suffixes` and turn files
+    into documents; `_fingerprint_extra` adds what else changes their tokens."""
+
+    kind = "files"
+    suffixes: tuple[str, ...] = TEXT_SUFFIXES
 
     def __init__(self, path: str, errors: str = "strict"):
         if errors not in ("strict", "replace", "ignore"):
@@ -208,11 +213,11 @@ class TextFiles:
 
     @property
     def name(self) -> str:
-        return f"text:{self.path}"
+        return f"{self.kind}:{self.path}"
 
     def files(self) -> list[Path]:
         if self._files is None:
-            files = resolve_files(self.path)
+            files = resolve_files(self.path, self.suffixes)
             if all(f.stat().st_size == 0 for f in files):
                 raise DataError(f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes). "
                                 "Give it some text.")
@@ -225,8 +230,17 @@ class TextFiles:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             files = self.files()
-            self._fingerprint = fingerprint_files(files, document_ids(files)) + f":{self.errors}"
+            self._fingerprint = fingerprint_files(files, document_ids(files)) + self._fingerprint_extra()
         return self._fingerprint
+
+    def _fingerprint_extra(self) -> str:
+        return f":{self.errors}"
+
+
+class TextFiles(LocalFiles):
+    """Plain-text corpus. One document per file; a single file is cut into paragraph documents."""
+
+    kind = "text"
 
     def documents(self) -> Iterator[Document]:
         files = self.files()

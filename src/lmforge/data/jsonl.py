@@ -12,8 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.data.corpus import (Document, approx_text_bytes, bad_utf8, document_ids, fingerprint_files,
-                                 open_binary, rechunk, resolve_files)
+from lmforge.data.corpus import Document, LocalFiles, bad_utf8, document_ids, open_binary, rechunk
 from lmforge.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -28,36 +27,18 @@ def field_of(obj, field: str):
     return obj
 
 
-class JsonlFiles:
+class JsonlFiles(LocalFiles):
+    kind = "jsonl"
+    suffixes = JSONL_SUFFIXES
+
     def __init__(self, path: str, text_field: str = "text", errors: str = "strict"):
-        if errors not in ("strict", "replace", "ignore"):
-            raise DataError(f"data.corpus.errors={errors!r}: choose one of strict, replace, ignore.")
+        super().__init__(path, errors)
         if not text_field:
             raise DataError("data.text_field is empty; name the JSON field that holds the text (e.g. text).")
-        self.path, self.text_field, self.errors = path, text_field, errors
-        self._files: list[Path] | None = None
-        self._fingerprint: str | None = None
+        self.text_field = text_field
 
-    @property
-    def name(self) -> str:
-        return f"jsonl:{self.path}"
-
-    def files(self) -> list[Path]:
-        if self._files is None:
-            files = resolve_files(self.path, JSONL_SUFFIXES)
-            if all(f.stat().st_size == 0 for f in files):
-                raise DataError(f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes).")
-            self._files = files
-        return self._files
-
-    def size_bytes(self) -> int:
-        return approx_text_bytes(self.files())
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            files = self.files()
-            self._fingerprint = f"{fingerprint_files(files, document_ids(files))}:{self.text_field}:{self.errors}"
-        return self._fingerprint
+    def _fingerprint_extra(self) -> str:
+        return f":{self.text_field}:{self.errors}"
 
     def documents(self) -> Iterator[Document]:
         files = self.files()
