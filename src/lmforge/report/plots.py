@@ -56,7 +56,7 @@ def plot_loss_vs_co2(runs: list[Run], path: Path) -> Path | None:
     ax.set_title("Validation loss vs emissions")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_energy_per_token(runs: list[Run], path: Path) -> Path | None:
@@ -70,7 +70,7 @@ def plot_energy_per_token(runs: list[Run], path: Path) -> Path | None:
     ax.set_xlabel("energy per training token (J)")
     ax.set_title("Energy per token by configuration")
     ax.grid(axis="x", alpha=0.3)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_power(runs: list[Run], path: Path, max_lines: int = 20) -> Path | None:
@@ -90,10 +90,11 @@ def plot_power(runs: list[Run], path: Path, max_lines: int = 20) -> Path | None:
     ax.set_title("Measured power over time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save_figure(plt, fig, path: Path) -> Path:
+    """Write `fig` as a PNG (creating the folder) and free it; the sweep report saves its plots here too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

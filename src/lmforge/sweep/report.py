@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lmforge.report.plots import save_figure
 from lmforge.sweep.spec import SweepSpec
 
 COLORS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "interrupted": "tab:gray"}
@@ -66,7 +67,7 @@ def plot_metric_vs_params(spec: SweepSpec, trials: list[dict[str, Any]], path: P
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{spec.metric} by parameter (pruned: value when stopped)")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_history(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> Path | None:
@@ -97,15 +98,7 @@ def plot_history(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> P
     ax.set_title(f"Sweep '{spec.name}': {spec.metric} by trial")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(plt, fig, path)
-
-
-def _save(plt, fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
