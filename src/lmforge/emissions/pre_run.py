@@ -15,11 +15,15 @@ from lmforge.emissions.estimate import EstimateError, estimate_for_run, format_e
 from lmforge.flops import training_flops
 
 
-def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:
-    """Tokens the run will consume: steps x micro batch x seq_len x accumulation x data-parallel ranks."""
+def planned_micro_batches(cfg: DictConfig, trainer: L.Trainer) -> int:
+    """Micro batches the run will process: steps x accumulation x data-parallel ranks."""
     accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
-    per_step = cfg.data.batch_size * cfg.data.seq_len * accumulate * trainer.world_size
-    return max(0, trainer.max_steps) * per_step
+    return max(0, trainer.max_steps) * accumulate * trainer.world_size
+
+
+def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:
+    """Tokens the run will consume: micro batches x micro batch size x seq_len."""
+    return planned_micro_batches(cfg, trainer) * cfg.data.batch_size * cfg.data.seq_len
 
 
 def planned_flops(net: nn.Module, builder: Any, cfg: DictConfig, trainer: L.Trainer, token_id: int) -> float | None:
@@ -38,8 +42,7 @@ def planned_flops(net: nn.Module, builder: Any, cfg: DictConfig, trainer: L.Trai
         return None
     if not per_micro_batch:
         return None
-    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
-    return float(per_micro_batch) * accumulate * trainer.world_size * max(0, trainer.max_steps)
+    return float(per_micro_batch) * planned_micro_batches(cfg, trainer)
 
 
 def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list,
