@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import hydra
+from omegaconf import DictConfig
 
 import lmforge  # noqa: F401  (registers the config resolvers)
-from omegaconf import DictConfig
 
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train.py")
 

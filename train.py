@@ -1,9 +1,9 @@
 """Train a language model: `python train.py [group=option ...] [key=value ...]`. See README.md."""
 
 import hydra
+from omegaconf import DictConfig
 
 import lmforge  # noqa: F401  (registers the config resolvers)
-from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

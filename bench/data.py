@@ -46,8 +46,36 @@ def generate_corpus(path: Path, size_mb: float, seed: int = 0) -> Path:
     """One UTF-8 file of Zipf-distributed pseudo-words in lines and paragraphs, written in bounded memory."""
     rng = np.random.default_rng(seed)
     letters = list("etaoinshrdlucmfwypvbgkjqxz")
-    freq = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.2, 2.4, 2.0, 1.9,
-                     1.0, 1.5, 2.0, 0.8, 0.2, 0.1, 0.2, 0.1])
+    freq = np.array(
+        [
+            12.7,
+            9.1,
+            8.2,
+            7.5,
+            7.0,
+            6.7,
+            6.3,
+            6.1,
+            6.0,
+            4.3,
+            4.0,
+            2.8,
+            2.8,
+            2.4,
+            2.2,
+            2.4,
+            2.0,
+            1.9,
+            1.0,
+            1.5,
+            2.0,
+            0.8,
+            0.2,
+            0.1,
+            0.2,
+            0.1,
+        ]
+    )
     freq /= freq.sum()
     words = ["".join(rng.choice(letters, size=int(n), p=freq)) for n in rng.integers(1, 11, size=50_000)]
     words[:8] = ["the", "of", "and", "to", "a", "in", "is", "that"]
@@ -78,8 +106,12 @@ def run_case(name: str, corpus_path: str | None, cache_root: Path) -> dict:
     default_cache = os.environ.get("LMFORGE_CACHE_DIR", str(Path.home() / ".cache/lmforge"))
     corpus = ShakespeareCorpus(default_cache) if corpus_path is None else TextFiles(corpus_path)
     tok_cfg = OmegaConf.load(REPO / "conf/tokenizer/bpe.yaml")
-    spec = TokenizerSpec(kind=tok_cfg.kind, vocab_size=tok_cfg.vocab_size, min_frequency=tok_cfg.min_frequency,
-                         max_train_chars=tok_cfg.max_train_chars)
+    spec = TokenizerSpec(
+        kind=tok_cfg.kind,
+        vocab_size=tok_cfg.vocab_size,
+        min_frequency=tok_cfg.min_frequency,
+        max_train_chars=tok_cfg.max_train_chars,
+    )
     specials = {"eos": "<|endoftext|>"}
     text_bytes = sum(f.stat().st_size for f in corpus.files())
 
@@ -88,8 +120,11 @@ def run_case(name: str, corpus_path: str | None, cache_root: Path) -> dict:
     fingerprint_s = time.perf_counter() - t
     t = time.perf_counter()
     tokenizer, tok_path = spec.load_or_train(
-        lambda: sample_texts(corpus.documents(), spec.max_train_chars, corpus.size_bytes()), specials, fingerprint,
-        cache_root)
+        lambda: sample_texts(corpus.documents(), spec.max_train_chars, corpus.size_bytes()),
+        specials,
+        fingerprint,
+        cache_root,
+    )
     train_s = time.perf_counter() - t
     eos = tokenizer.token_to_id(specials["eos"])
 
@@ -116,15 +151,22 @@ def run_case(name: str, corpus_path: str | None, cache_root: Path) -> dict:
     _, fast_s = raw(tokenizer.encode_batch_fast)
 
     return {
-        "corpus": name, "text_mb": round(text_bytes / 1e6, 1), "documents": docs, "tokens": tokens,
+        "corpus": name,
+        "text_mb": round(text_bytes / 1e6, 1),
+        "documents": docs,
+        "tokens": tokens,
         "shards": {s: len(v) for s, v in cache.meta["shards"].items()},
-        "fingerprint_s": round(fingerprint_s, 2), "tokenizer_train_s": round(train_s, 2),
-        "build_s": round(build_s, 2), "tokens_per_sec": round(tokens / build_s),
-        "raw_encode_s": round(raw_s, 2), "raw_tokens_per_sec": round(raw_tokens / raw_s),
+        "fingerprint_s": round(fingerprint_s, 2),
+        "tokenizer_train_s": round(train_s, 2),
+        "build_s": round(build_s, 2),
+        "tokens_per_sec": round(tokens / build_s),
+        "raw_encode_s": round(raw_s, 2),
+        "raw_tokens_per_sec": round(raw_tokens / raw_s),
         "ratio_vs_raw": round((tokens / build_s) / (raw_tokens / raw_s), 3),
         "raw_fast_tokens_per_sec": round(tokens / fast_s),
         "ratio_vs_raw_fast": round((tokens / build_s) / (tokens / fast_s), 3),
-        "peak_rss_gb": round(build_rss, 3), "peak_rss_after_raw_gb": round(peak_rss_gb(), 3),
+        "peak_rss_gb": round(build_rss, 3),
+        "peak_rss_after_raw_gb": round(peak_rss_gb(), 3),
     }
 
 
@@ -149,17 +191,33 @@ def run_loader(steps: int, cache_root: Path) -> dict:
     model = instantiate(cfg.model)
     dm.set_batch_builder(model.batch_builder(cfg.data.seq_len, dm.special_ids))
     profiler = SimpleProfiler(dirpath=str(cache_root), filename="profile")  # its table goes to a file
-    trainer = instantiate(cfg.trainer, max_steps=steps, val_check_interval=None, limit_val_batches=0,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, profiler=profiler, default_root_dir=str(cache_root))
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=steps,
+        val_check_interval=None,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        profiler=profiler,
+        default_root_dir=str(cache_root),
+    )
     trainer.fit(model, datamodule=dm)
     durations = profiler.recorded_durations
     fetch = durations["[_TrainingEpochLoop].train_dataloader_next"][2:]  # the first ones warm up
     step = durations["run_training_batch"][2:]
-    return {"model": "gpt (default)", "seq_len": cfg.data.seq_len, "batch_size": cfg.data.batch_size,
-            "num_workers": cfg.data.num_workers, "precision": str(trainer.precision), "steps_timed": len(step),
-            "fetch_ms": round(1000 * float(np.mean(fetch)), 3), "step_ms": round(1000 * float(np.mean(step)), 1),
-            "fetch_fraction": round(float(np.mean(fetch) / np.mean(step)), 5)}
+    return {
+        "model": "gpt (default)",
+        "seq_len": cfg.data.seq_len,
+        "batch_size": cfg.data.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "precision": str(trainer.precision),
+        "steps_timed": len(step),
+        "fetch_ms": round(1000 * float(np.mean(fetch)), 3),
+        "step_ms": round(1000 * float(np.mean(step)), 1),
+        "fetch_fraction": round(float(np.mean(fetch) / np.mean(step)), 5),
+    }
 
 
 def _child(args) -> None:
@@ -211,22 +269,52 @@ def main() -> None:
     import torch
 
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "tokenizers": tokenizers.__version__, "torch": torch.__version__,
-                    "note": "shared, contended machine; compare ratios measured in one run, not absolute times"},
-        "targets": TARGETS, "cases": results, "loader": loader,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tokenizers": tokenizers.__version__,
+            "torch": torch.__version__,
+            "note": "shared, contended machine; compare ratios measured in one run, not absolute times",
+        },
+        "targets": TARGETS,
+        "cases": results,
+        "loader": loader,
     }
     if results:  # the headline figures: the largest corpus
         head = max(results, key=lambda r: r["text_mb"])
-        report.update({k: head[k] for k in ("corpus", "tokens_per_sec", "raw_tokens_per_sec", "ratio_vs_raw",
-                                            "raw_fast_tokens_per_sec", "ratio_vs_raw_fast", "peak_rss_gb")})
+        report.update(
+            {
+                k: head[k]
+                for k in (
+                    "corpus",
+                    "tokens_per_sec",
+                    "raw_tokens_per_sec",
+                    "ratio_vs_raw",
+                    "raw_fast_tokens_per_sec",
+                    "ratio_vs_raw_fast",
+                    "peak_rss_gb",
+                )
+            }
+        )
     if loader:
         report["fetch_fraction"] = loader["fetch_fraction"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
-    cols = ["corpus", "text_mb", "tokens", "tokenizer_train_s", "build_s", "tokens_per_sec", "raw_tokens_per_sec",
-            "ratio_vs_raw", "raw_fast_tokens_per_sec", "ratio_vs_raw_fast", "peak_rss_gb"]
+    cols = [
+        "corpus",
+        "text_mb",
+        "tokens",
+        "tokenizer_train_s",
+        "build_s",
+        "tokens_per_sec",
+        "raw_tokens_per_sec",
+        "ratio_vs_raw",
+        "raw_fast_tokens_per_sec",
+        "ratio_vs_raw_fast",
+        "peak_rss_gb",
+    ]
     rows = [[str(r[c]) for c in cols] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)] if rows else []
     if rows:
@@ -234,9 +322,11 @@ def main() -> None:
         for row in rows:
             print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
     if loader:
-        print(f"\nloader ({loader['model']}, batch {loader['batch_size']} x {loader['seq_len']}, "
-              f"{loader['precision']}): fetch {loader['fetch_ms']} ms, step {loader['step_ms']} ms, "
-              f"fetch/step {100 * loader['fetch_fraction']:.3f}%")
+        print(
+            f"\nloader ({loader['model']}, batch {loader['batch_size']} x {loader['seq_len']}, "
+            f"{loader['precision']}): fetch {loader['fetch_ms']} ms, step {loader['step_ms']} ms, "
+            f"fetch/step {100 * loader['fetch_fraction']:.3f}%"
+        )
     print(f"\nwrote {args.out}")
 
 

@@ -43,7 +43,9 @@ def build(kind: str, size: dict, device: torch.device):
         net = GPT(**size)
     if kind == "ddp":
         materialize(net, device, seed=0)
-        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     fully_shard_net(net, transformer_blocks(net), mesh, reshard_after_forward=(kind == "fsdp"))
     materialize(net, device, seed=0)
@@ -96,10 +98,15 @@ def main() -> None:
         dist.all_gather_object(gathered, peak)
         results[kind] = {"peak_memory_gb_per_rank": gathered}
     if dist.get_rank() == 0:
-        report = {"model": "tiny" if args.tiny else f"gpt2-{args.size}", "world_size": dist.get_world_size(),
-                  "batch_per_rank": args.batch, "seq_len": size["max_seq_len"], "precision": "bf16 autocast",
-                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  "results": results}
+        report = {
+            "model": "tiny" if args.tiny else f"gpt2-{args.size}",
+            "world_size": dist.get_world_size(),
+            "batch_per_rank": args.batch,
+            "seq_len": size["max_seq_len"],
+            "precision": "bf16 autocast",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "results": results,
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(results, indent=2))

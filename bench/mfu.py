@@ -81,10 +81,17 @@ def measure(compile_mode: str | None, args, device: torch.device) -> dict:
     tokens_per_sec = args.batch * seq / step_s
     peak, device_name = peak_flops(device)
     achieved = tokens_per_sec * flops_per_token(net, seq)
-    return {"compile": compile_mode or False, "step_time_s": step_s, "tokens_per_sec": tokens_per_sec,
-            "model_flops_per_sec": achieved, "mfu": achieved / peak if peak else None, "device": device_name,
-            "peak_flops_bf16": peak, "warmup_s_incl_compile": warmup_s,
-            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None}
+    return {
+        "compile": compile_mode or False,
+        "step_time_s": step_s,
+        "tokens_per_sec": tokens_per_sec,
+        "model_flops_per_sec": achieved,
+        "mfu": achieved / peak if peak else None,
+        "device": device_name,
+        "peak_flops_bf16": peak,
+        "warmup_s_incl_compile": warmup_s,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -101,8 +108,14 @@ def main() -> None:
         raise SystemExit("no CUDA GPU here: this benchmark is for GPUs (--device cpu --tiny checks the code path)")
     torch.set_float32_matmul_precision("high")
     results = [measure(mode, args, device) for mode in (None, "blocks")]
-    report = {"model": "tiny" if args.tiny else "gpt2-124m", "seq_len": (TINY if args.tiny else GPT2_124M)["max_seq_len"],
-              "batch": args.batch, "precision": "bf16-mixed", "torch": torch.__version__, "results": results}
+    report = {
+        "model": "tiny" if args.tiny else "gpt2-124m",
+        "seq_len": (TINY if args.tiny else GPT2_124M)["max_seq_len"],
+        "batch": args.batch,
+        "precision": "bf16-mixed",
+        "torch": torch.__version__,
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:

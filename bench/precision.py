@@ -71,12 +71,21 @@ def main() -> None:
     median = {p: statistics.median(v) for p, v in samples.items()}
     report = {
         "what": "CPU training tokens/s by precision, median of interleaved rounds; ratios are to 32-true",
-        "cpu_has_bf16": cpu_has_bf16(), "default_precision": default_precision(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "config": {"model": "gpt (4 layers, d 256)", "batch": args.batch, "seq_len": args.seq_len,
-                   "steps": args.steps, "rounds": args.rounds},
-        "tokens_per_sec": median, "samples": samples,
+        "cpu_has_bf16": cpu_has_bf16(),
+        "default_precision": default_precision(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "config": {
+            "model": "gpt (4 layers, d 256)",
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "steps": args.steps,
+            "rounds": args.rounds,
+        },
+        "tokens_per_sec": median,
+        "samples": samples,
         "ratio_to_32_true": {p: median[p] / median["32-true"] for p in precisions},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,14 @@ CONFIGS = {
 
 
 def _train(args: list[str], env: dict[str, str]) -> tuple[dict, dict]:
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"train.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    run_dir = next(Path(line.split(": ", 1)[1].strip()) for line in proc.stdout.splitlines()
-                   if line.startswith("Run folder"))
+    run_dir = next(
+        Path(line.split(": ", 1)[1].strip()) for line in proc.stdout.splitlines() if line.startswith("Run folder")
+    )
     timer = run_dir / "step_timer.json"
     return json.loads((run_dir / "summary.json").read_text()), json.loads(timer.read_text()) if timer.exists() else {}
 
@@ -62,16 +64,32 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lmforge-scaling-"))
     pythonpath = [str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "LMFORGE_LOG_DIR": str(work / "logs"), "LMFORGE_CACHE_DIR": str(work / "cache"),
-           "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(pythonpath), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "LMFORGE_LOG_DIR": str(work / "logs"),
+        "LMFORGE_CACHE_DIR": str(work / "cache"),
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join(pythonpath),
+        "OMP_NUM_THREADS": "1",
+    }
     corpus = write_synthetic_corpus(work / "corpus", n_files=16, words_per_file=20000)
     tokens_per_step = args.global_batch * args.seq_len
-    common = [f"model={args.model}", "data=text", f"data.path={corpus}", f"data.seq_len={args.seq_len}",
-              "logger=none", "callbacks=none", "trainer.val_check_interval=100000", "trainer.limit_val_batches=1",
-              "+trainer.enable_progress_bar=false", f"global_batch_size={args.global_batch}",
-              f"trainer.max_steps={args.steps}", "+callbacks.step_timer._target_=step_timer.StepTimer",
-              "+callbacks.step_timer.output_dir=${paths.output_dir}",
-              f"+callbacks.step_timer.tokens_per_step={tokens_per_step}"]
+    common = [
+        f"model={args.model}",
+        "data=text",
+        f"data.path={corpus}",
+        f"data.seq_len={args.seq_len}",
+        "logger=none",
+        "callbacks=none",
+        "trainer.val_check_interval=100000",
+        "trainer.limit_val_batches=1",
+        "+trainer.enable_progress_bar=false",
+        f"global_batch_size={args.global_batch}",
+        f"trainer.max_steps={args.steps}",
+        "+callbacks.step_timer._target_=step_timer.StepTimer",
+        "+callbacks.step_timer.output_dir=${paths.output_dir}",
+        f"+callbacks.step_timer.tokens_per_step={tokens_per_step}",
+    ]
     if args.precision:
         common.append(f"trainer.precision={args.precision}")
     micro = {name: args.global_batch // (2 if extra else 1) for name, extra in CONFIGS.items()}
@@ -89,20 +107,39 @@ def main() -> None:
 
     median = {name: statistics.median(v) for name, v in rounds.items()}
     base = median["1 process"]
-    results = {name: {"tokens_per_sec_median": median[name], "tokens_per_sec_rounds": rounds[name],
-                      "ratio_to_1_process_by_round": [v / b for v, b in zip(rounds[name], rounds["1 process"])],
-                      "micro_batch_size": micro[name], "world_size": summaries[name]["scale"]["world_size"],
-                      "precision": summaries[name]["scale"]["precision"]} for name in CONFIGS}
+    results = {
+        name: {
+            "tokens_per_sec_median": median[name],
+            "tokens_per_sec_rounds": rounds[name],
+            "ratio_to_1_process_by_round": [v / b for v, b in zip(rounds[name], rounds["1 process"])],
+            "micro_batch_size": micro[name],
+            "world_size": summaries[name]["scale"]["world_size"],
+            "precision": summaries[name]["scale"]["precision"],
+        }
+        for name in CONFIGS
+    }
     report = {
         "what": "steady-state training tokens/s through train.py, same global batch; ratios are to 1 process",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_before": load_before, "load_average_after": load_after},
-        "config": {"model": args.model, "params": summaries["1 process"]["params"], "seq_len": args.seq_len,
-                   "global_batch_size": args.global_batch, "steps_per_run": args.steps, "rounds": args.rounds},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        "config": {
+            "model": args.model,
+            "params": summaries["1 process"]["params"],
+            "seq_len": args.seq_len,
+            "global_batch_size": args.global_batch,
+            "steps_per_run": args.steps,
+            "rounds": args.rounds,
+        },
         "results": results,
         "ratio_to_1_process": {name: median[name] / base for name in CONFIGS},
-        "note": ("CPU, one thread per process: the ideal ratio for 2 processes is 2; the shortfall is communication "
-                 "(gloo) and per-process overhead. The machine was shared with other work (load averages above)."),
+        "note": (
+            "CPU, one thread per process: the ideal ratio for 2 processes is 2; the shortfall is communication "
+            "(gloo) and per-process overhead. The machine was shared with other work (load averages above)."
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,8 +26,11 @@ class StepTimer(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or len(self.times) <= self.skip + 1:
             return
-        timed = self.times[self.skip:]
+        timed = self.times[self.skip :]
         seconds = timed[-1] - timed[0]
         steps = len(timed) - 1
-        (self.output_dir / "step_timer.json").write_text(json.dumps(
-            {"steps_timed": steps, "seconds": seconds, "tokens_per_sec": steps * self.tokens_per_step / seconds}))
+        (self.output_dir / "step_timer.json").write_text(
+            json.dumps(
+                {"steps_timed": steps, "seconds": seconds, "tokens_per_sec": steps * self.tokens_per_step / seconds}
+            )
+        )

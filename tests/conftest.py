@@ -20,9 +20,15 @@ def contained_environment(tmp_path_factory):
     """Point every cache and run folder at a per-session tmp dir (also inherited by subprocesses)."""
     root = tmp_path_factory.mktemp("env")
     env = {
-        "LMFORGE_CACHE_DIR": root / "cache", "LMFORGE_LOG_DIR": root / "logs", "TMPDIR": root / "tmp",
-        "WANDB_DIR": root / "wandb", "WANDB_CACHE_DIR": root / "wandb_cache", "WANDB_CONFIG_DIR": root / "wandb_config",
-        "WANDB_DATA_DIR": root / "wandb_data", "TORCHINDUCTOR_CACHE_DIR": root / "inductor", "MPLCONFIGDIR": root / "mpl",
+        "LMFORGE_CACHE_DIR": root / "cache",
+        "LMFORGE_LOG_DIR": root / "logs",
+        "TMPDIR": root / "tmp",
+        "WANDB_DIR": root / "wandb",
+        "WANDB_CACHE_DIR": root / "wandb_cache",
+        "WANDB_CONFIG_DIR": root / "wandb_config",
+        "WANDB_DATA_DIR": root / "wandb_data",
+        "TORCHINDUCTOR_CACHE_DIR": root / "inductor",
+        "MPLCONFIGDIR": root / "mpl",
     }
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
@@ -39,8 +45,10 @@ def contained_environment(tmp_path_factory):
             os.environ[k] = v
 
 
-WORDS = ("the king queen lord lady sword crown night day love death heart blood fair sweet good noble "
-         "speak hear know come go see thou thee thy my mine his her our with from upon against").split()
+WORDS = (
+    "the king queen lord lady sword crown night day love death heart blood fair sweet good noble "
+    "speak hear know come go see thou thee thy my mine his her our with from upon against"
+).split()
 
 
 def write_synthetic_corpus(folder: Path, n_files: int = 8, words_per_file: int = 3000, seed: int = 0) -> Path:
@@ -61,14 +69,27 @@ def text_corpus(tmp_path_factory) -> Path:
     return write_synthetic_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-TINY = ["model=gpt_tiny", "data.seq_len=32", "data.batch_size=8", "trainer.val_check_interval=10",
-        "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1", "callbacks.samples.max_new_tokens=16"]
+TINY = [
+    "model=gpt_tiny",
+    "data.seq_len=32",
+    "data.batch_size=8",
+    "trainer.val_check_interval=10",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.samples.max_new_tokens=16",
+]
 
 
 def run_train(args: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python train.py ARGS` as a user types it, in a subprocess."""
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
 
 
 def run_dir_from_output(stdout: str) -> Path:

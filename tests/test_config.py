@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
-
-from conftest import REPO
 
 CONF = REPO / "conf"
 GROUPS = ["data", "tokenizer", "model", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
@@ -33,9 +32,13 @@ def compose_train(overrides: list[str], tmp_path: Path):
 
 
 # Options that need a value the user must supply.
-REQUIRED = {("data", "text"): ["data.path=unused"], ("data", "jsonl"): ["data.path=unused"],
-            ("data", "hf"): ["data.path=unused"], ("data", "pairs"): ["data.path=unused.jsonl"],
-            ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"]}
+REQUIRED = {
+    ("data", "text"): ["data.path=unused"],
+    ("data", "jsonl"): ["data.path=unused"],
+    ("data", "hf"): ["data.path=unused"],
+    ("data", "pairs"): ["data.path=unused.jsonl"],
+    ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"],
+}
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
 
 
@@ -73,8 +76,13 @@ def test_gpt2_124m_has_gpt2_small_dimensions(tmp_path):
     assert net.num_parameters() == 124_439_808  # GPT-2 small, tied embeddings
 
 
-@pytest.mark.parametrize("model,vocab,params", [("bert_base", 30522, 109_514_298),  # BertForMaskedLM, bert-base-uncased
-                                                ("t5_small", 32128, 60_506_624)])  # T5ForConditionalGeneration, t5-small
+@pytest.mark.parametrize(
+    "model,vocab,params",
+    [
+        ("bert_base", 30522, 109_514_298),  # BertForMaskedLM, bert-base-uncased
+        ("t5_small", 32128, 60_506_624),
+    ],
+)  # T5ForConditionalGeneration, t5-small
 def test_bert_base_and_t5_small_have_their_dimensions(model, vocab, params, tmp_path):
     cfg = compose_train([f"model={model}"], tmp_path)
     with open_dict(cfg):

@@ -19,14 +19,17 @@ def test_cpu_peak_is_estimated_from_this_machine():
     assert resolve_peak(CPU, "bf16-mixed").dtype == "bf16"
 
 
-@pytest.mark.parametrize("name, precision, key, dtype", [
-    ("NVIDIA H200", "bf16-mixed", "h200", "bf16"),  # Lightning's table has no name that matches this
-    ("NVIDIA H100 80GB HBM3", "bf16-mixed", "h100-sxm", "bf16"),
-    ("NVIDIA H100 NVL", "16-mixed", "h100-nvl", "fp16"),
-    ("NVIDIA A100-SXM4-80GB", "32-true", "a100-sxm", "tf32"),  # fp32 matmuls run as TF32 unless "highest"
-    ("NVIDIA L4", "bf16-true", "l4", "bf16"),
-    ("NVIDIA L40S", "bf16-mixed", "l40s", "bf16"),
-])
+@pytest.mark.parametrize(
+    "name, precision, key, dtype",
+    [
+        ("NVIDIA H200", "bf16-mixed", "h200", "bf16"),  # Lightning's table has no name that matches this
+        ("NVIDIA H100 80GB HBM3", "bf16-mixed", "h100-sxm", "bf16"),
+        ("NVIDIA H100 NVL", "16-mixed", "h100-nvl", "fp16"),
+        ("NVIDIA A100-SXM4-80GB", "32-true", "a100-sxm", "tf32"),  # fp32 matmuls run as TF32 unless "highest"
+        ("NVIDIA L4", "bf16-true", "l4", "bf16"),
+        ("NVIDIA L40S", "bf16-mixed", "l40s", "bf16"),
+    ],
+)
 def test_gpu_peaks_come_from_the_table_by_name_and_dtype(name, precision, key, dtype):
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO
 from lmforge.run_naming import differing_overrides, short_name
 
 
@@ -26,7 +26,10 @@ def test_overrides_equal_to_the_defaults_are_left_out(hydra_conf):
 
 def test_overrides_that_change_something_stay_in_typed_order(hydra_conf):
     assert names(["model.optimizer.lr=1e-3", "model=gpt_tiny", "data.batch_size=4"]) == [
-        "model.optimizer.lr=1e-3", "model=gpt_tiny", "data.batch_size=4"]
+        "model.optimizer.lr=1e-3",
+        "model=gpt_tiny",
+        "data.batch_size=4",
+    ]
 
 
 def test_values_are_compared_under_the_chosen_groups(hydra_conf):
@@ -36,6 +39,8 @@ def test_values_are_compared_under_the_chosen_groups(hydra_conf):
 
 
 def test_short_names_keep_keys_unambiguous():
-    assert short_name(["model=gpt_tiny", "model.optimizer.lr=1e-3", "data.path=/x/corpus"]) == \
-        "model=gpt_tiny lr=1e-3 path=corpus"
+    assert (
+        short_name(["model=gpt_tiny", "model.optimizer.lr=1e-3", "data.path=/x/corpus"])
+        == "model=gpt_tiny lr=1e-3 path=corpus"
+    )
     assert short_name(["model.net.dropout=0.1", "data.dropout=0.2"]) == "model.net.dropout=0.1 data.dropout=0.2"

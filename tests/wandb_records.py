@@ -33,11 +33,11 @@ def read_records(path: str | Path) -> list[pb.Record]:
         if room < HEADER:  # a block's zero trailer
             pos += room
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if length == 0 and kind == 0:  # zero padding to the block end
             pos += room
             continue
-        chunk = data[pos + HEADER:pos + HEADER + length]
+        chunk = data[pos + HEADER : pos + HEADER + length]
         assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF == crc, f"bad checksum at byte {pos}"
         pos += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk

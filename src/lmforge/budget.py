@@ -50,7 +50,8 @@ def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
             raise ConfigError(
                 f"global_batch_size={global_batch} is not a multiple of data.batch_size x world size = {micro} x "
                 f"{world} = {per_pass}, so no whole number of accumulation steps gives it. Choose "
-                f"global_batch_size={near}, or change data.batch_size (the per-device micro batch).")
+                f"global_batch_size={near}, or change data.batch_size (the per-device micro batch)."
+            )
         accumulate = global_batch // per_pass
         trainer.accumulate_grad_batches = accumulate
     tokens_per_step = micro * world * accumulate * block_len
@@ -63,16 +64,22 @@ def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
         cfg.trainer.accumulate_grad_batches = accumulate
         cfg.trainer.max_steps = max_steps
     return {
-        "world_size": world, "micro_batch_size": micro, "accumulate_grad_batches": accumulate,
-        "global_batch_size": micro * world * accumulate, "tokens_per_step": tokens_per_step,
-        "max_steps": max_steps, "max_tokens": max_tokens,
+        "world_size": world,
+        "micro_batch_size": micro,
+        "accumulate_grad_batches": accumulate,
+        "global_batch_size": micro * world * accumulate,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
+        "max_tokens": max_tokens,
     }
 
 
 def describe(scale: dict[str, Any]) -> str:
-    text = (f"global batch {scale['global_batch_size']} = {scale['micro_batch_size']} per device x "
-            f"{scale['world_size']} device(s) x {scale['accumulate_grad_batches']} accumulation step(s); "
-            f"{scale['tokens_per_step']:,} tokens per step")
+    text = (
+        f"global batch {scale['global_batch_size']} = {scale['micro_batch_size']} per device x "
+        f"{scale['world_size']} device(s) x {scale['accumulate_grad_batches']} accumulation step(s); "
+        f"{scale['tokens_per_step']:,} tokens per step"
+    )
     if scale["max_tokens"] is not None:
         text += f"; max_tokens {scale['max_tokens']:,} -> {scale['max_steps']:,} steps"
     return text

@@ -24,8 +24,11 @@ from torch import nn
 
 from lmforge.errors import ConfigError, LmforgeError
 
-OBJECTIVES = {"clm": "lmforge.objectives.clm.CausalLM", "mlm": "lmforge.objectives.mlm.MaskedLM",
-              "seq2seq": "lmforge.objectives.seq2seq.Seq2SeqLM"}
+OBJECTIVES = {
+    "clm": "lmforge.objectives.clm.CausalLM",
+    "mlm": "lmforge.objectives.mlm.MaskedLM",
+    "seq2seq": "lmforge.objectives.seq2seq.Seq2SeqLM",
+}
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -40,8 +43,10 @@ def read_checkpoint(path: str | Path) -> dict:
     else:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "lmforge" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(f"checkpoint {str(path)!r} was not written by lmforge (no 'lmforge' section); "
-                          "export checkpoints from <run dir>/checkpoints/.")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} was not written by lmforge (no 'lmforge' section); "
+            "export checkpoints from <run dir>/checkpoints/."
+        )
     return ckpt
 
 
@@ -53,7 +58,7 @@ def net_from_checkpoint(ckpt: dict) -> nn.Module:
     for key, value in ckpt["state_dict"].items():
         if key.startswith("net."):
             # a torch.compile'd net saves its weights under _orig_mod.
-            state[key[len("net."):].replace("_orig_mod.", "", 1)] = value.float()
+            state[key[len("net.") :].replace("_orig_mod.", "", 1)] = value.float()
     net.load_state_dict(state)
     return net.eval()
 
@@ -101,8 +106,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmforge.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a checkpoint written by lmforge (<run dir>/checkpoints/*.ckpt; a file, "
-                                           "or the folder trainer=fsdp writes)")
+    parser.add_argument(
+        "checkpoint",
+        help="a checkpoint written by lmforge (<run dir>/checkpoints/*.ckpt; a file, "
+        "or the folder trainer=fsdp writes)",
+    )
     parser.add_argument("out_dir", help="the Hugging Face folder to write")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the run folder's)")
     args = parser.parse_args(argv)
@@ -112,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     config = json.loads((out / "config.json").read_text())
-    print(f"wrote {config['architectures'][0]} ({config['model_type']}) to {out}: "
-          + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(
+        f"wrote {config['architectures'][0]} ({config['model_type']}) to {out}: "
+        + ", ".join(sorted(p.name for p in out.iterdir()))
+    )
     return 0
 
 

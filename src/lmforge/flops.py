@@ -40,16 +40,24 @@ def _attention(batch: int, q_len: int, k_len: int, inner: int) -> int:
 
 def gpt_forward_flops(cfg: GPTConfig, batch: int, seq_len: int) -> int:
     n, d, ff = batch * seq_len, cfg.d_model, cfg.mlp_ratio * cfg.d_model
-    layer = (_linear(n, d, 3 * d) + _linear(n, d, d)  # fused qkv, output projection
-             + _attention(batch, seq_len, seq_len, d)
-             + _linear(n, d, ff) + _linear(n, ff, d))
+    layer = (
+        _linear(n, d, 3 * d)
+        + _linear(n, d, d)  # fused qkv, output projection
+        + _attention(batch, seq_len, seq_len, d)
+        + _linear(n, d, ff)
+        + _linear(n, ff, d)
+    )
     return cfg.n_layer * layer + _linear(n, d, cfg.vocab_size)  # + lm_head
 
 
 def bert_forward_flops(cfg: BERTConfig, batch: int, seq_len: int) -> int:
     n, d = batch * seq_len, cfg.d_model
-    layer = (4 * _linear(n, d, d) + _attention(batch, seq_len, seq_len, d)
-             + _linear(n, d, cfg.d_ff) + _linear(n, cfg.d_ff, d))
+    layer = (
+        4 * _linear(n, d, d)
+        + _attention(batch, seq_len, seq_len, d)
+        + _linear(n, d, cfg.d_ff)
+        + _linear(n, cfg.d_ff, d)
+    )
     head = _linear(n, d, d) + _linear(n, d, cfg.vocab_size)  # transform + decoder over every position
     return cfg.n_layer * layer + head
 
@@ -63,11 +71,15 @@ def t5_forward_flops(cfg: T5Config, batch: int, src_len: int, tgt_len: int) -> i
         return (3 if gated else 2) * _linear(n, d, ff)
 
     encoder_layer = 4 * _linear(src, d, inner) + _attention(batch, src_len, src_len, inner) + ffn(src)
-    decoder_layer = (4 * _linear(tgt, d, inner) + _attention(batch, tgt_len, tgt_len, inner)  # self-attention
-                     + 2 * _linear(tgt, d, inner) + 2 * _linear(src, d, inner)  # cross: q, o on tgt; k, v on src
-                     + _attention(batch, tgt_len, src_len, inner) + ffn(tgt))
-    return (cfg.n_layer * encoder_layer + cfg.n_decoder_layer * decoder_layer
-            + _linear(tgt, d, cfg.vocab_size))
+    decoder_layer = (
+        4 * _linear(tgt, d, inner)
+        + _attention(batch, tgt_len, tgt_len, inner)  # self-attention
+        + 2 * _linear(tgt, d, inner)
+        + 2 * _linear(src, d, inner)  # cross: q, o on tgt; k, v on src
+        + _attention(batch, tgt_len, src_len, inner)
+        + ffn(tgt)
+    )
+    return cfg.n_layer * encoder_layer + cfg.n_decoder_layer * decoder_layer + _linear(tgt, d, cfg.vocab_size)
 
 
 def _net_config(net: nn.Module):

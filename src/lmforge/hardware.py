@@ -15,8 +15,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 T = 1e12  # TFLOP/s -> FLOP/s
 
@@ -35,66 +35,147 @@ class Accelerator:
 
 
 _TABLE: tuple[Accelerator, ...] = (
-    Accelerator("v100", "NVIDIA V100 SXM2", 300, {"fp32": 15.7 * T, "fp16": 125 * T},
-                ("v100-sxm2", "v100-sxm", "v100-16gb", "v100-32gb", "tesla-v100"),
-                "NVIDIA V100 datasheet"),
-    Accelerator("v100-pcie", "NVIDIA V100 PCIe", 250, {"fp32": 14 * T, "fp16": 112 * T},
-                (), "NVIDIA V100 datasheet"),
-    Accelerator("t4", "NVIDIA T4", 70, {"fp32": 8.1 * T, "fp16": 65 * T},
-                ("tesla-t4",), "NVIDIA T4 datasheet"),
-    Accelerator("a10", "NVIDIA A10", 150,
-                {"fp32": 31.2 * T, "tf32": 62.5 * T, "bf16": 125 * T, "fp16": 125 * T},
-                (), "NVIDIA A10 datasheet"),
-    Accelerator("a10g", "NVIDIA A10G (AWS)", 300,
-                {"fp32": 35 * T, "tf32": 35 * T, "bf16": 70 * T, "fp16": 70 * T},
-                (), "AWS/NVIDIA figures; NVIDIA publishes no A10G datasheet",
-                "tensor peak is lower than the A10's"),
-    Accelerator("a100-sxm", "NVIDIA A100 SXM4", 400,
-                {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
-                ("a100", "a100-40gb", "a100-80gb", "a100-sxm4", "a100-sxm4-40gb",
-                 "a100-sxm4-80gb"), "NVIDIA A100 datasheet"),
-    Accelerator("a100-pcie", "NVIDIA A100 PCIe 80GB", 300,
-                {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
-                ("a100-pcie-80gb", "a100-pcie-40gb"), "NVIDIA A100 datasheet",
-                "the 40GB PCIe card is rated 250 W"),
-    Accelerator("l4", "NVIDIA L4", 72,
-                {"fp32": 30.3 * T, "tf32": 60 * T, "bf16": 121 * T, "fp16": 121 * T,
-                 "fp8": 242.5 * T}, (), "NVIDIA L4 datasheet"),
-    Accelerator("l40", "NVIDIA L40", 300,
-                {"fp32": 90.5 * T, "tf32": 90.5 * T, "bf16": 181.05 * T,
-                 "fp16": 181.05 * T, "fp8": 362 * T}, (), "NVIDIA L40 datasheet"),
-    Accelerator("l40s", "NVIDIA L40S", 350,
-                {"fp32": 91.6 * T, "tf32": 183 * T, "bf16": 362.05 * T,
-                 "fp16": 362.05 * T, "fp8": 733 * T}, (), "NVIDIA L40S datasheet"),
-    Accelerator("h100-sxm", "NVIDIA H100 SXM5", 700,
-                {"fp32": 67 * T, "tf32": 494.5 * T, "bf16": 989.5 * T, "fp16": 989.5 * T,
-                 "fp8": 1979 * T},
-                ("h100", "h100-sxm5", "h100-80gb", "h100-80gb-hbm3"), "NVIDIA H100 datasheet"),
-    Accelerator("h100-pcie", "NVIDIA H100 PCIe", 350,
-                {"fp32": 51 * T, "tf32": 378 * T, "bf16": 756.5 * T, "fp16": 756.5 * T,
-                 "fp8": 1513 * T}, (), "NVIDIA H100 datasheet"),
-    Accelerator("h100-nvl", "NVIDIA H100 NVL", 400,
-                {"fp32": 60 * T, "tf32": 417.5 * T, "bf16": 835.5 * T, "fp16": 835.5 * T,
-                 "fp8": 1670.5 * T}, (), "NVIDIA H100 datasheet (350-400 W)"),
-    Accelerator("h200", "NVIDIA H200 SXM", 700,
-                {"fp32": 67 * T, "tf32": 494.5 * T, "bf16": 989.5 * T, "fp16": 989.5 * T,
-                 "fp8": 1979 * T}, ("h200-sxm", "h200-141gb"), "NVIDIA H200 datasheet"),
-    Accelerator("h200-nvl", "NVIDIA H200 NVL", 600,
-                {"fp32": 60 * T, "tf32": 417.5 * T, "bf16": 835.5 * T, "fp16": 835.5 * T,
-                 "fp8": 1670.5 * T}, (), "NVIDIA H200 datasheet"),
-    Accelerator("b200", "NVIDIA B200 (HGX)", 1000,
-                {"fp32": 75 * T, "tf32": 1125 * T, "bf16": 2250 * T, "fp16": 2250 * T,
-                 "fp8": 4500 * T}, (), "NVIDIA HGX B200 datasheet, per GPU"),
-    Accelerator("mi250x", "AMD Instinct MI250X", 560,
-                {"fp32": 95.7 * T, "bf16": 383 * T, "fp16": 383 * T},
-                (), "AMD MI250X datasheet (fp32 = matrix peak)",
-                "ROCm may name an MI250 'MI250X/MI250'; the MI250 peaks ~5% lower"),
-    Accelerator("mi300x", "AMD Instinct MI300X", 750,
-                {"fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T,
-                 "fp16": 1307.4 * T, "fp8": 2614.9 * T}, (), "AMD MI300X datasheet"),
-    Accelerator("mi325x", "AMD Instinct MI325X", 1000,
-                {"fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T,
-                 "fp16": 1307.4 * T, "fp8": 2614.9 * T}, (), "AMD MI325X datasheet"),
+    Accelerator(
+        "v100",
+        "NVIDIA V100 SXM2",
+        300,
+        {"fp32": 15.7 * T, "fp16": 125 * T},
+        ("v100-sxm2", "v100-sxm", "v100-16gb", "v100-32gb", "tesla-v100"),
+        "NVIDIA V100 datasheet",
+    ),
+    Accelerator("v100-pcie", "NVIDIA V100 PCIe", 250, {"fp32": 14 * T, "fp16": 112 * T}, (), "NVIDIA V100 datasheet"),
+    Accelerator("t4", "NVIDIA T4", 70, {"fp32": 8.1 * T, "fp16": 65 * T}, ("tesla-t4",), "NVIDIA T4 datasheet"),
+    Accelerator(
+        "a10",
+        "NVIDIA A10",
+        150,
+        {"fp32": 31.2 * T, "tf32": 62.5 * T, "bf16": 125 * T, "fp16": 125 * T},
+        (),
+        "NVIDIA A10 datasheet",
+    ),
+    Accelerator(
+        "a10g",
+        "NVIDIA A10G (AWS)",
+        300,
+        {"fp32": 35 * T, "tf32": 35 * T, "bf16": 70 * T, "fp16": 70 * T},
+        (),
+        "AWS/NVIDIA figures; NVIDIA publishes no A10G datasheet",
+        "tensor peak is lower than the A10's",
+    ),
+    Accelerator(
+        "a100-sxm",
+        "NVIDIA A100 SXM4",
+        400,
+        {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+        ("a100", "a100-40gb", "a100-80gb", "a100-sxm4", "a100-sxm4-40gb", "a100-sxm4-80gb"),
+        "NVIDIA A100 datasheet",
+    ),
+    Accelerator(
+        "a100-pcie",
+        "NVIDIA A100 PCIe 80GB",
+        300,
+        {"fp32": 19.5 * T, "tf32": 156 * T, "bf16": 312 * T, "fp16": 312 * T},
+        ("a100-pcie-80gb", "a100-pcie-40gb"),
+        "NVIDIA A100 datasheet",
+        "the 40GB PCIe card is rated 250 W",
+    ),
+    Accelerator(
+        "l4",
+        "NVIDIA L4",
+        72,
+        {"fp32": 30.3 * T, "tf32": 60 * T, "bf16": 121 * T, "fp16": 121 * T, "fp8": 242.5 * T},
+        (),
+        "NVIDIA L4 datasheet",
+    ),
+    Accelerator(
+        "l40",
+        "NVIDIA L40",
+        300,
+        {"fp32": 90.5 * T, "tf32": 90.5 * T, "bf16": 181.05 * T, "fp16": 181.05 * T, "fp8": 362 * T},
+        (),
+        "NVIDIA L40 datasheet",
+    ),
+    Accelerator(
+        "l40s",
+        "NVIDIA L40S",
+        350,
+        {"fp32": 91.6 * T, "tf32": 183 * T, "bf16": 362.05 * T, "fp16": 362.05 * T, "fp8": 733 * T},
+        (),
+        "NVIDIA L40S datasheet",
+    ),
+    Accelerator(
+        "h100-sxm",
+        "NVIDIA H100 SXM5",
+        700,
+        {"fp32": 67 * T, "tf32": 494.5 * T, "bf16": 989.5 * T, "fp16": 989.5 * T, "fp8": 1979 * T},
+        ("h100", "h100-sxm5", "h100-80gb", "h100-80gb-hbm3"),
+        "NVIDIA H100 datasheet",
+    ),
+    Accelerator(
+        "h100-pcie",
+        "NVIDIA H100 PCIe",
+        350,
+        {"fp32": 51 * T, "tf32": 378 * T, "bf16": 756.5 * T, "fp16": 756.5 * T, "fp8": 1513 * T},
+        (),
+        "NVIDIA H100 datasheet",
+    ),
+    Accelerator(
+        "h100-nvl",
+        "NVIDIA H100 NVL",
+        400,
+        {"fp32": 60 * T, "tf32": 417.5 * T, "bf16": 835.5 * T, "fp16": 835.5 * T, "fp8": 1670.5 * T},
+        (),
+        "NVIDIA H100 datasheet (350-400 W)",
+    ),
+    Accelerator(
+        "h200",
+        "NVIDIA H200 SXM",
+        700,
+        {"fp32": 67 * T, "tf32": 494.5 * T, "bf16": 989.5 * T, "fp16": 989.5 * T, "fp8": 1979 * T},
+        ("h200-sxm", "h200-141gb"),
+        "NVIDIA H200 datasheet",
+    ),
+    Accelerator(
+        "h200-nvl",
+        "NVIDIA H200 NVL",
+        600,
+        {"fp32": 60 * T, "tf32": 417.5 * T, "bf16": 835.5 * T, "fp16": 835.5 * T, "fp8": 1670.5 * T},
+        (),
+        "NVIDIA H200 datasheet",
+    ),
+    Accelerator(
+        "b200",
+        "NVIDIA B200 (HGX)",
+        1000,
+        {"fp32": 75 * T, "tf32": 1125 * T, "bf16": 2250 * T, "fp16": 2250 * T, "fp8": 4500 * T},
+        (),
+        "NVIDIA HGX B200 datasheet, per GPU",
+    ),
+    Accelerator(
+        "mi250x",
+        "AMD Instinct MI250X",
+        560,
+        {"fp32": 95.7 * T, "bf16": 383 * T, "fp16": 383 * T},
+        (),
+        "AMD MI250X datasheet (fp32 = matrix peak)",
+        "ROCm may name an MI250 'MI250X/MI250'; the MI250 peaks ~5% lower",
+    ),
+    Accelerator(
+        "mi300x",
+        "AMD Instinct MI300X",
+        750,
+        {"fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T, "fp16": 1307.4 * T, "fp8": 2614.9 * T},
+        (),
+        "AMD MI300X datasheet",
+    ),
+    Accelerator(
+        "mi325x",
+        "AMD Instinct MI325X",
+        1000,
+        {"fp32": 163.4 * T, "tf32": 653.7 * T, "bf16": 1307.4 * T, "fp16": 1307.4 * T, "fp8": 2614.9 * T},
+        (),
+        "AMD MI325X datasheet",
+    ),
 )
 
 
@@ -154,12 +235,22 @@ def normalize_dtype(dtype: str) -> str:
     """Map torch / Lightning precision spellings onto the table's dtype names."""
     d = str(dtype).lower().replace("torch.", "")
     aliases = {
-        "float32": "fp32", "32": "fp32", "32-true": "fp32", "float": "fp32",
+        "float32": "fp32",
+        "32": "fp32",
+        "32-true": "fp32",
+        "float": "fp32",
         "tf32": "tf32",
-        "bfloat16": "bf16", "bf16-mixed": "bf16", "bf16-true": "bf16",
-        "float16": "fp16", "half": "fp16", "16": "fp16", "16-mixed": "fp16",
+        "bfloat16": "bf16",
+        "bf16-mixed": "bf16",
+        "bf16-true": "bf16",
+        "float16": "fp16",
+        "half": "fp16",
+        "16": "fp16",
+        "16-mixed": "fp16",
         "16-true": "fp16",
-        "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
+        "float8": "fp8",
+        "float8_e4m3fn": "fp8",
+        "float8_e5m2": "fp8",
         "transformer-engine": "fp8",
     }
     d = aliases.get(d, d)
@@ -258,8 +349,9 @@ def cpu_clock_hz(cpuinfo_path: str = "/proc/cpuinfo") -> float | None:
     """Max clock: `lscpu` 'CPU max MHz', then cpufreq max, then /proc/cpuinfo 'cpu MHz'."""
     if shutil.which("lscpu"):
         try:
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5,
-                                 env={**os.environ, "LC_ALL": "C"}).stdout
+            out = subprocess.run(
+                ["lscpu"], capture_output=True, text=True, timeout=5, env={**os.environ, "LC_ALL": "C"}
+            ).stdout
             m = re.search(r"^CPU max MHz:\s*([\d.]+)", out, re.M)
             if m and float(m.group(1)) > 0:
                 return float(m.group(1)) * 1e6
@@ -299,8 +391,9 @@ def cpu_physical_cores() -> int:
     return max(1, logical // tpc)
 
 
-def cpu_peak_flops(dtype: str = "fp32", *, cores: int | None = None,
-                   clock_hz: float | None = None, flops_per_cycle: int | None = None) -> float:
+def cpu_peak_flops(
+    dtype: str = "fp32", *, cores: int | None = None, clock_hz: float | None = None, flops_per_cycle: int | None = None
+) -> float:
     """Estimated CPU peak FLOP/s; every factor can be overridden (env LMFORGE_CPU_CLOCK_HZ too)."""
     cores = cores or cpu_physical_cores()
     if clock_hz is None and os.environ.get("LMFORGE_CPU_CLOCK_HZ"):

@@ -31,8 +31,10 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
         return None
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"model.init_from={path!r} is not a Hugging Face checkpoint folder (no config.json). "
-                          "Point it at a folder written by `python -m lmforge.export` or `save_pretrained`.")
+        raise ConfigError(
+            f"model.init_from={path!r} is not a Hugging Face checkpoint folder (no config.json). "
+            "Point it at a folder written by `python -m lmforge.export` or `save_pretrained`."
+        )
     from lmforge.models.hf import load_hf_folder
 
     try:
@@ -42,8 +44,10 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
     expected = get_class(cfg.model.net._target_)
     if type(net) is not expected:
         family = {"GPT": "gpt", "BERT": "bert", "T5": "t5"}.get(type(net).__name__, "?")
-        raise ConfigError(f"model.init_from={path!r} holds a {type(net).__name__} checkpoint, but the chosen model "
-                          f"trains a {expected.__name__}; use model={family} with it.")
+        raise ConfigError(
+            f"model.init_from={path!r} holds a {type(net).__name__} checkpoint, but the chosen model "
+            f"trains a {expected.__name__}; use model={family} with it."
+        )
     tokenizer_json = folder / "tokenizer.json"
     with open_dict(cfg):
         cfg.model.net = {"_target_": f"{type(net).__module__}.{type(net).__qualname__}", **net.config_dict()}
@@ -52,12 +56,18 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
             if not tokenizer_json.is_file():
                 raise ConfigError(
                     f"model.init_from={path!r} has no tokenizer.json, and its embeddings only fit the tokenizer "
-                    "it was trained with: pass that one as tokenizer=pretrained tokenizer.path=<tokenizer.json>.")
+                    "it was trained with: pass that one as tokenizer=pretrained tokenizer.path=<tokenizer.json>."
+                )
             cfg.tokenizer.path = str(tokenizer_json)
-        elif tokenizer_json.is_file() and Path(given).expanduser().is_file() and \
-                _vocab(Path(given).expanduser()) != _vocab(tokenizer_json):
-            raise ConfigError(f"tokenizer.path={given!r} has a different vocabulary from the tokenizer.json of "
-                              f"model.init_from={path!r}; unset tokenizer.path to use the checkpoint's.")
+        elif (
+            tokenizer_json.is_file()
+            and Path(given).expanduser().is_file()
+            and _vocab(Path(given).expanduser()) != _vocab(tokenizer_json)
+        ):
+            raise ConfigError(
+                f"tokenizer.path={given!r} has a different vocabulary from the tokenizer.json of "
+                f"model.init_from={path!r}; unset tokenizer.path to use the checkpoint's."
+            )
     check_context(cfg)
     return net
 
@@ -71,4 +81,5 @@ def check_vocab_fits(net: nn.Module, vocab_size: int, special_ids: dict[str, int
             f"model.init_from={init_from!r}: the tokenizer has {vocab_size} tokens"
             + (f" (the objective's special tokens {sorted(too_big)[:5]} were added at ids >= {n})" if too_big else "")
             + f", but the checkpoint's vocabulary has {n} (vocab mismatch). Use the checkpoint's own tokenizer, "
-            "with the special tokens this objective needs.")
+            "with the special tokens this objective needs."
+        )

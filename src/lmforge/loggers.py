@@ -84,9 +84,16 @@ class RunLogger(WandbLogger):
         offline_dirs = list((self._previous or {}).get("offline_dirs", []))
         if _is_offline(run):
             offline_dirs.append(str(Path(run.dir).parent))  # .../wandb/offline-run-<time>-<id>
-        info = {"id": run.id, "project": run.project, "entity": run.entity or None, "name": run.name,
-                "group": run.group or None, "url": None if _is_offline(run) else getattr(run, "url", None),
-                "mode": "offline" if _is_offline(run) else "online", "offline_dirs": offline_dirs}
+        info = {
+            "id": run.id,
+            "project": run.project,
+            "entity": run.entity or None,
+            "name": run.name,
+            "group": run.group or None,
+            "url": None if _is_offline(run) else getattr(run, "url", None),
+            "mode": "offline" if _is_offline(run) else "online",
+            "offline_dirs": offline_dirs,
+        }
         path = Path(self.save_dir) / "wandb" / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2) + "\n")
@@ -102,8 +109,13 @@ class RunLogger(WandbLogger):
             run.finish()
             self._experiment = None
             return
-        run.summary.update({k: summary[k] for k in ("status", "params", "steps", "tokens", "wall_time_s")
-                            if summary.get(k) is not None})
+        run.summary.update(
+            {
+                k: summary[k]
+                for k in ("status", "params", "steps", "tokens", "wall_time_s")
+                if summary.get(k) is not None
+            }
+        )
         if (run_dir / "summary.json").is_file():
             run.save(str(run_dir / "summary.json"), base_path=str(run_dir), policy="now")
         offline = _is_offline(run)
@@ -122,12 +134,20 @@ def finish_loggers(loggers: list, summary: dict[str, Any], run_dir: str | Path) 
             lg.finish(summary, Path(run_dir))
 
 
-def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", name: str | None = None,
-                 group: str | None = None, resume_from: str | None = None, **kwargs) -> RunLogger:
+def wandb_logger(
+    save_dir: str,
+    project: str = "lmforge",
+    mode: str = "auto",
+    name: str | None = None,
+    group: str | None = None,
+    resume_from: str | None = None,
+    **kwargs,
+) -> RunLogger:
     """A W&B logger writing its run into the run folder (`save_dir/wandb`).
 
     mode=auto: online when an API key is configured, otherwise offline (no prompt, no network).
-    name=None: the resumed run's name, else the command-line overrides that differ from the defaults. group=None: WANDB_RUN_GROUP,
+    name=None: the resumed run's name, else the command-line overrides that differ from the defaults.
+    group=None: WANDB_RUN_GROUP,
     else the multirun's name. resume_from: the checkpoint being resumed; its run folder's W&B run
     id is reused, so the resumed run continues the same W&B run. Other keys go to `wandb.init`
     (entity, tags, notes, job_type, id, ...) or WandbLogger (log_model, checkpoint_name, ...).
@@ -150,5 +170,4 @@ def wandb_logger(save_dir: str, project: str = "lmforge", mode: str = "auto", na
     if kwargs.get("tags") is not None:
         kwargs["tags"] = list(kwargs["tags"])
     name = name or (previous or {}).get("name") or run_name()  # a resumed run keeps its name
-    return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name, group=group,
-                     **kwargs)
+    return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name, group=group, **kwargs)

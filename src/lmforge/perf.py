@@ -19,9 +19,15 @@ from lmforge import hardware
 
 # The metrics the throughput callback logs, and how a run's W&B summary shows each.
 PERF_METRICS = {
-    "perf/tokens_per_sec": "mean", "perf/samples_per_sec": "mean", "perf/step_time_s": "mean",
-    "perf/flops_per_sec": "mean", "perf/mfu": "mean", "perf/device/tokens_per_sec": "mean",
-    "perf/device/samples_per_sec": "mean", "perf/device/flops_per_sec": "mean", "perf/memory_gb": "max",
+    "perf/tokens_per_sec": "mean",
+    "perf/samples_per_sec": "mean",
+    "perf/step_time_s": "mean",
+    "perf/flops_per_sec": "mean",
+    "perf/mfu": "mean",
+    "perf/device/tokens_per_sec": "mean",
+    "perf/device/samples_per_sec": "mean",
+    "perf/device/flops_per_sec": "mean",
+    "perf/memory_gb": "max",
 }
 
 
@@ -60,8 +66,9 @@ def matmul_dtype(precision: str, device: torch.device) -> str | None:
     return dtype
 
 
-def resolve_peak(device: torch.device, precision: str, override: float | None = None,
-                 name: str | None = None) -> DevicePeak:
+def resolve_peak(
+    device: torch.device, precision: str, override: float | None = None, name: str | None = None
+) -> DevicePeak:
     """Peak FLOP/s of one `device` under a Lightning `precision`; `name` stands in for the device's own."""
     name = name or device_name(device)
     dtype = matmul_dtype(precision, device)
@@ -76,8 +83,9 @@ def resolve_peak(device: torch.device, precision: str, override: float | None = 
     if device.type == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
 
-        torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-                       "fp16": torch.float16}.get(dtype or "")
+        torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            dtype or ""
+        )
         flops = get_available_flops(device, torch_dtype) if torch_dtype is not None else None
         if flops:
             return DevicePeak(name, key, dtype or precision, float(flops), "lightning")

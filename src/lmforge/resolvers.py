@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from omegaconf import OmegaConf
 
@@ -25,7 +25,7 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_precision() -> str:
     """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+ or a bf16 CPU); 16-mixed on older GPUs;
     32-true on CPUs without bf16 instructions (there bf16 is emulated and slower than fp32)."""

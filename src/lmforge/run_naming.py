@@ -17,8 +17,18 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 # Where a run writes or reports does not change what it learns: such overrides stay out of names.
-UNNAMED = ("hydra", "paths", "logger", "callbacks", "ckpt_path", "task_name", "print_config",
-           "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+UNNAMED = (
+    "hydra",
+    "paths",
+    "logger",
+    "callbacks",
+    "ckpt_path",
+    "task_name",
+    "print_config",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 MAX_NAME = 128
 
 
@@ -66,7 +76,7 @@ def differing_overrides(overrides: list[str], choices: dict[str, str | None], co
 
 
 def short_name(overrides: list[str]) -> str:
-    """"model=gpt_tiny model.optimizer.lr=1e-3 data.path=a/b" -> "model=gpt_tiny lr=1e-3 path=b"."""
+    """ "model=gpt_tiny model.optimizer.lr=1e-3 data.path=a/b" -> "model=gpt_tiny lr=1e-3 path=b"."""
     keys = [o.partition("=")[0] for o in overrides]
     last = [k.rsplit(".", 1)[-1] for k in keys]
     parts = []

@@ -26,10 +26,10 @@ from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
 from lmforge.errors import LmforgeError
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
-from lmforge.param_count import describe_parameters
 from lmforge.parallel.init import build_model
 from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
+from lmforge.param_count import describe_parameters
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -91,28 +91,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model = instantiate(cfg.model, net=init_net)
     model.scale_options = scale_options
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule.set_batch_builder(model.batch_builder(cfg.data.seq_len, datamodule.special_ids,
-                                                     tokenizer=datamodule.tokenizer))
+    datamodule.set_batch_builder(
+        model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
+    )
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
     # otherwise add its own ModelCheckpoint under the logger's folder.
-    checkpointing = cfg.trainer.get("enable_checkpointing",
-                                    any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     enable_checkpointing=checkpointing)
-    scale = {**describe_strategy(trainer, scale_options), **apply_budget(cfg, trainer, datamodule.batch_builder.block_len)}
+    checkpointing = cfg.trainer.get(
+        "enable_checkpointing", any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
+    )
+    scale = {
+        **describe_strategy(trainer, scale_options),
+        **apply_budget(cfg, trainer, datamodule.batch_builder.block_len),
+    }
     model.run_config = OmegaConf.to_container(cfg, resolve=True)  # with the accumulation and steps the budget set
 
     model_name, overrides = _hydra_info()
     summary: dict[str, Any] = {
-        "status": "failed", "objective": model.name, "model": model_name,
-        "params": model.num_parameters(), "steps": 0, "tokens": 0, "wall_time_s": 0.0,
-        "metrics": {}, "baseline": {"unigram_val_loss": datamodule.cache.meta["unigram_val_loss"]},
-        "data": {"corpus": datamodule.corpus.name, "train_tokens": datamodule.cache.meta["tokens"]["train"],
-                 "val_tokens": datamodule.cache.meta["tokens"]["val"], "vocab_size": datamodule.vocab_size},
-        "overrides": overrides, "scale": scale,
+        "status": "failed",
+        "objective": model.name,
+        "model": model_name,
+        "params": model.num_parameters(),
+        "steps": 0,
+        "tokens": 0,
+        "wall_time_s": 0.0,
+        "metrics": {},
+        "baseline": {"unigram_val_loss": datamodule.cache.meta["unigram_val_loss"]},
+        "data": {
+            "corpus": datamodule.corpus.name,
+            "train_tokens": datamodule.cache.meta["tokens"]["train"],
+            "val_tokens": datamodule.cache.meta["tokens"]["val"],
+            "vocab_size": datamodule.vocab_size,
+        },
+        "overrides": overrides,
+        "scale": scale,
     }
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,10 +139,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print_config_tree(cfg)
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        say(f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
-           f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
-           f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
-           f"{summary['baseline']['unigram_val_loss']:.3f}")
+        say(
+            f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
+            f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
+            f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
+            f"{summary['baseline']['unigram_val_loss']:.3f}"
+        )
         say(f"  parameters: {describe_parameters(model.net)}")
         say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
 
@@ -167,10 +186,12 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
     if "val/loss" in m:
         gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
-        say(f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
-           f"{abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} the unigram baseline; "
-           f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
-           f"{summary['wall_time_s']:.0f}s")
+        say(
+            f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
+            f"{abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} the unigram baseline; "
+            f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
+            f"{summary['wall_time_s']:.0f}s"
+        )
     say(f"Run folder ({summary['status']}): {run_dir}")
     for p in sorted(run_dir.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")

@@ -23,7 +23,11 @@ def _positive(cfg: DictConfig, key: str, kind=float, allow_missing: bool = True)
         if allow_missing:
             return
         raise ConfigError(f"{key} is not set; give it a positive {kind.__name__}.")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not float(value).is_integer())
+    ):
         raise ConfigError(f"{key}={value!r} must be a positive {kind.__name__}.")
     if value <= 0:
         raise ConfigError(f"{key}={value} must be a positive {kind.__name__} (> 0).")
@@ -39,8 +43,10 @@ def check_config(cfg: DictConfig) -> None:
     if max_steps is not None and max_steps != -1:
         _positive(cfg, "trainer.max_steps", int)
     elif max_epochs is None or max_epochs <= 0:
-        raise ConfigError(f"trainer.max_steps={max_steps}: set a positive number of optimizer steps "
-                          "(or trainer.max_epochs to a positive number of epochs).")
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}: set a positive number of optimizer steps "
+            "(or trainer.max_epochs to a positive number of epochs)."
+        )
     warmup = _get(cfg, "model.scheduler.warmup_steps")
     if warmup is not None and warmup < 0:
         raise ConfigError(f"model.scheduler.warmup_steps={warmup} must be >= 0.")

@@ -71,12 +71,22 @@ class EmissionsCallback(Callback):
 
     summary_key = "emissions"
 
-    def __init__(self, output_dir: str | os.PathLike | None = None, country_iso_code: str = "USA",
-                 region: str | None = None, pue: float = 1.0, measure_power_secs: float = 15,
-                 online: bool = False, project_at: float | None = 0.1,
-                 log_every_n_steps: int | None = None, intensity: float | None = None,
-                 tracking_mode: str = "machine", project_name: str = "lmforge",
-                 experiment_name: str | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        country_iso_code: str = "USA",
+        region: str | None = None,
+        pue: float = 1.0,
+        measure_power_secs: float = 15,
+        online: bool = False,
+        project_at: float | None = 0.1,
+        log_every_n_steps: int | None = None,
+        intensity: float | None = None,
+        tracking_mode: str = "machine",
+        project_name: str = "lmforge",
+        experiment_name: str | None = None,
+        enabled: bool = True,
+    ) -> None:
         super().__init__()
         if not (isinstance(measure_power_secs, (int, float)) and measure_power_secs > 0):
             raise ConfigError(f"callbacks.emissions.measure_power_secs must be > 0 seconds, got {measure_power_secs!r}")
@@ -87,7 +97,9 @@ class EmissionsCallback(Callback):
         if log_every_n_steps is not None and int(log_every_n_steps) < 1:
             raise ConfigError(f"callbacks.emissions.log_every_n_steps must be >= 1, got {log_every_n_steps!r}")
         if tracking_mode not in ("machine", "process"):
-            raise ConfigError(f"callbacks.emissions.tracking_mode must be 'machine' or 'process', got {tracking_mode!r}")
+            raise ConfigError(
+                f"callbacks.emissions.tracking_mode must be 'machine' or 'process', got {tracking_mode!r}"
+            )
         if intensity is not None and float(intensity) < 0:
             raise ConfigError(f"callbacks.emissions.intensity must be >= 0 gCO2e/kWh, got {intensity!r}")
         if enabled and not online:
@@ -167,9 +179,14 @@ class EmissionsCallback(Callback):
         # Constructor logs come before its log_level is applied: silence the logger first.
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         kwargs: dict[str, Any] = dict(
-            project_name=self.project_name, experiment_name=self.experiment_name or out.name,
-            output_dir=str(out), output_file=csv_name, measure_power_secs=self.measure_power_secs,
-            pue=self.pue, log_level="error", tracking_mode=self.tracking_mode,
+            project_name=self.project_name,
+            experiment_name=self.experiment_name or out.name,
+            output_dir=str(out),
+            output_file=csv_name,
+            measure_power_secs=self.measure_power_secs,
+            pue=self.pue,
+            log_level="error",
+            tracking_mode=self.tracking_mode,
             # True is 3.x's default; explicit because 2.x defaulted to a lock file that makes
             # a second run on the machine (e.g. a parallel sweep) silently track nothing.
             allow_multiple_runs=True,
@@ -187,14 +204,17 @@ class EmissionsCallback(Callback):
             kwargs["save_to_file"] = True
         accepted = set(inspect.signature(BaseEmissionsTracker.__init__).parameters)
         if self.intensity is not None and "force_carbon_intensity_g_co2e_kwh" not in accepted:
-            _warn(f"codecarbon {codecarbon.__version__} cannot force a grid intensity; "
-                  "callbacks.emissions.intensity is ignored (needs codecarbon >= 3)")
+            _warn(
+                f"codecarbon {codecarbon.__version__} cannot force a grid intensity; "
+                "callbacks.emissions.intensity is ignored (needs codecarbon >= 3)"
+            )
         kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
         if self.online:
             tracker = codecarbon.EmissionsTracker(**kwargs)
         else:
             tracker = codecarbon.OfflineEmissionsTracker(
-                country_iso_code=self.country_iso_code, region=self.region, **kwargs)
+                country_iso_code=self.country_iso_code, region=self.region, **kwargs
+            )
         if getattr(tracker, "_output_handlers", None) is None or getattr(tracker, "_scheduler", None) is None:
             raise RuntimeError(f"CodeCarbon tracker failed to initialise (output_dir={out})")
         return tracker
@@ -351,9 +371,15 @@ class EmissionsCallback(Callback):
         if now["energy_kwh"] <= start["energy_kwh"]:
             return  # CodeCarbon skips re-measuring within 50 ms: nothing of training measured yet
         try:
-            proj = project(now["energy_kwh"], now["co2_kg"], min(step / total, 1.0), elapsed_s=now["duration_s"],
-                           fixed_energy_kwh=start["energy_kwh"], fixed_co2_kg=start["co2_kg"],
-                           fixed_s=start["duration_s"])
+            proj = project(
+                now["energy_kwh"],
+                now["co2_kg"],
+                min(step / total, 1.0),
+                elapsed_s=now["duration_s"],
+                fixed_energy_kwh=start["energy_kwh"],
+                fixed_co2_kg=start["co2_kg"],
+                fixed_s=start["duration_s"],
+            )
         except ValueError as e:
             self._errors.append(f"projection failed: {e}")
             self._projection = {}
@@ -369,8 +395,13 @@ class EmissionsCallback(Callback):
             rank_zero_info(format_projection(proj))
             for lg in getattr(trainer, "loggers", []) or []:
                 try:
-                    lg.log_metrics({"emissions/projected_energy_kwh": proj["energy_kwh"],
-                                    "emissions/projected_co2_kg": proj["co2_kg"]}, step=step)
+                    lg.log_metrics(
+                        {
+                            "emissions/projected_energy_kwh": proj["energy_kwh"],
+                            "emissions/projected_co2_kg": proj["co2_kg"],
+                        },
+                        step=step,
+                    )
                 except Exception:
                     pass
 
@@ -382,17 +413,28 @@ class EmissionsCallback(Callback):
 
         r = self._read()
         tracked = 1.0 if (self._is_tracker_rank and r is not None) else 0.0
-        vec = torch.tensor([tracked, float(self._node_rank), r["energy_kwh"] if tracked else 0.0,
-                            r["co2_kg"] if tracked else 0.0, r["duration_s"] if tracked else 0.0],
-                           dtype=torch.float64, device=getattr(pl_module, "device", "cpu"))
+        vec = torch.tensor(
+            [
+                tracked,
+                float(self._node_rank),
+                r["energy_kwh"] if tracked else 0.0,
+                r["co2_kg"] if tracked else 0.0,
+                r["duration_s"] if tracked else 0.0,
+            ],
+            dtype=torch.float64,
+            device=getattr(pl_module, "device", "cpu"),
+        )
         try:
             rows = trainer.strategy.all_gather(vec).reshape(-1, 5).cpu().tolist()
         except Exception as e:
             self._errors.append(f"could not gather per-node emissions: {e}")
             return
         self._trackers_seen = int(sum(row[0] for row in rows))
-        self._other_nodes = {int(row[1]): {"energy_kwh": row[2], "co2_kg": row[3], "duration_s": row[4]}
-                             for row in rows if row[0] > 0 and int(row[1]) != self._node_rank}
+        self._other_nodes = {
+            int(row[1]): {"energy_kwh": row[2], "co2_kg": row[3], "duration_s": row[4]}
+            for row in rows
+            if row[0] > 0 and int(row[1]) != self._node_rank
+        }
 
     # ------------------------------------------------------------------ checkpoints
     # A resumed run measures afresh; the checkpoint carries what the run had spent up to it, so
@@ -430,22 +472,33 @@ class EmissionsCallback(Callback):
             if self._errors:
                 out["error"] = "; ".join(self._errors)
             return out
-        node = {"node_rank": self._node_rank, "energy_kwh": r["energy_kwh"], "co2_kg": r["co2_kg"],
-                "duration_s": r["duration_s"]}
+        node = {
+            "node_rank": self._node_rank,
+            "energy_kwh": r["energy_kwh"],
+            "co2_kg": r["co2_kg"],
+            "duration_s": r["duration_s"],
+        }
         nodes = [node] + [{"node_rank": k, **v} for k, v in sorted(self._other_nodes.items())]
         energy = sum(n["energy_kwh"] for n in nodes)
         co2 = sum(n["co2_kg"] for n in nodes)
         duration = max(n["duration_s"] for n in nodes)
         out.update(
-            energy_kwh=energy, co2_kg=co2, duration_s=duration,
+            energy_kwh=energy,
+            co2_kg=co2,
+            duration_s=duration,
             power_w=energy * 3.6e6 / duration if duration > 0 else 0.0,
             intensity_g_per_kwh=(co2 / energy * 1000.0) if energy > 0 else None,
-            method=self._method, method_detail=self._method_detail,
+            method=self._method,
+            method_detail=self._method_detail,
             tracker="online" if self.online else "offline",
-            country_iso_code=None if self.online else self.country_iso_code, region=self.region,
-            pue=self.pue, measure_power_secs=self.measure_power_secs,
+            country_iso_code=None if self.online else self.country_iso_code,
+            region=self.region,
+            pue=self.pue,
+            measure_power_secs=self.measure_power_secs,
             phases={k: dict(v) for k, v in self._phases.items() if v["duration_s"] > 0 or v["energy_kwh"] > 0},
-            nodes=len(nodes), num_nodes=self._num_nodes, files=dict(self._files),
+            nodes=len(nodes),
+            num_nodes=self._num_nodes,
+            files=dict(self._files),
             status="complete",
         )
         if len(nodes) > 1 or self._num_nodes > 1:
@@ -467,8 +520,10 @@ class EmissionsCallback(Callback):
         if self._before_resume:
             prior = self._before_resume
             out["cumulative"] = {
-                "energy_kwh": prior["energy_kwh"] + energy, "co2_kg": prior["co2_kg"] + co2,
-                "duration_s": prior["duration_s"] + duration, "runs": prior.get("runs", 1) + 1,
+                "energy_kwh": prior["energy_kwh"] + energy,
+                "co2_kg": prior["co2_kg"] + co2,
+                "duration_s": prior["duration_s"] + duration,
+                "runs": prior.get("runs", 1) + 1,
                 "before_resume": dict(prior),
             }
         try:
@@ -490,8 +545,10 @@ def _check_country(code: str) -> None:
         return  # cannot check: let the tracker decide
     if str(code).upper() not in known:
         sample = ", ".join(sorted(known)[:12])
-        raise ConfigError(f"callbacks.emissions.country_iso_code={code!r} is not in CodeCarbon's energy-mix "
-                         f"data; use an ISO 3166 alpha-3 code such as USA, FRA, DEU, GBR ({sample}, ...)")
+        raise ConfigError(
+            f"callbacks.emissions.country_iso_code={code!r} is not in CodeCarbon's energy-mix "
+            f"data; use an ISO 3166 alpha-3 code such as USA, FRA, DEU, GBR ({sample}, ...)"
+        )
 
 
 def _gpu_ids(trainer: Any) -> list | None:
@@ -514,7 +571,7 @@ def _gpu_ids(trainer: Any) -> list | None:
 
 # Stop trackers that are still running when the interpreter exits (sys.exit after
 # Ctrl-C, an exception outside Lightning's handlers) so emissions.csv gets a final row.
-_LIVE: "weakref.WeakSet[EmissionsCallback]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[EmissionsCallback] = weakref.WeakSet()
 
 
 @atexit.register

@@ -29,11 +29,13 @@ def make_pruner(settings: dict[str, Any] | None):
 
     p = settings or {}
     if p.get("name") == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=int(p.get("n_startup_trials", 5)),
-                                           n_warmup_steps=int(p.get("n_warmup_steps", 0)))
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(p.get("n_startup_trials", 5)), n_warmup_steps=int(p.get("n_warmup_steps", 0))
+        )
     if p.get("name") == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=int(p.get("min_resource", 1)),
-                                              reduction_factor=int(p.get("reduction_factor", 3)))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=int(p.get("min_resource", 1)), reduction_factor=int(p.get("reduction_factor", 3))
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -44,8 +46,7 @@ def connect_trial(storage_url: str, study_name: str, trial_number: int, pruner: 
 
     storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name),
-                                                               trial_number)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), trial_number)
     # The constructor is the documented way to rebuild a Trial from its id (Optuna's own distributed
     # helpers do the same); ask() would create a new trial instead.
     return optuna.trial.Trial(study, trial_id)
@@ -69,13 +70,16 @@ class OptunaPruning(L.Callback):
             return
         self.trial_file = Path(self.run_dir or trainer.default_root_dir) / TRIAL_FILE
         if not self.trial_file.exists():
-            rank_zero_warn(f"callbacks.optuna_pruning: no {self.trial_file} (sweep.py writes it for each trial); "
-                           "this run is not pruned.")
+            rank_zero_warn(
+                f"callbacks.optuna_pruning: no {self.trial_file} (sweep.py writes it for each trial); "
+                "this run is not pruned."
+            )
             return
         self.info = json.loads(self.trial_file.read_text())
         self.monitor = self.monitor or self.info.get("monitor", "val/loss")
-        self.trial = connect_trial(self.info["storage"], self.info["study_name"], int(self.info["trial_number"]),
-                                   self.info.get("pruner"))
+        self.trial = connect_trial(
+            self.info["storage"], self.info["study_name"], int(self.info["trial_number"]), self.info.get("pruner")
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -92,11 +96,17 @@ class OptunaPruning(L.Callback):
             self.final_status = "pruned"
             trainer.should_stop = True
             if trainer.is_global_zero:
-                print(f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}="
-                      f"{float(trainer.callback_metrics[self.monitor]):.4f} is behind the other trials.")
+                print(
+                    f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}="
+                    f"{float(trainer.callback_metrics[self.monitor]):.4f} is behind the other trials."
+                )
 
     def summary(self) -> dict[str, Any]:
         if not self.info:
             return {}
-        return {"study": self.info.get("study_name"), "trial": self.info.get("trial_number"),
-                "monitor": self.monitor, "pruned_at_step": self.pruned_at_step}
+        return {
+            "study": self.info.get("study_name"),
+            "trial": self.info.get("trial_number"),
+            "monitor": self.monitor,
+            "pruned_at_step": self.pruned_at_step,
+        }

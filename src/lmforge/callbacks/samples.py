@@ -24,12 +24,26 @@ class GeneratedSamples(L.Callback):
 
     summary_key = "samples"
 
-    def __init__(self, output_dir: str, num_samples: int = 3, max_new_tokens: int = 200,
-                 temperature: float = 0.8, top_k: int | None = 50, prompt: str = "", seed: int = 0,
-                 every_validation: bool = True):
+    def __init__(
+        self,
+        output_dir: str,
+        num_samples: int = 3,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        prompt: str = "",
+        seed: int = 0,
+        every_validation: bool = True,
+    ):
         self.output_dir = Path(output_dir)
-        self.kwargs = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k, prompt=prompt, seed=seed)
+        self.kwargs = dict(
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            prompt=prompt,
+            seed=seed,
+        )
         self.every_validation = every_validation
         self.samples: list[str] = []
         self.rows: list[list] = []  # every sample so far, for the W&B table
@@ -41,8 +55,12 @@ class GeneratedSamples(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Only inside fit (not the sanity check, not a stand-alone validate) and only if a table has a reader.
-        if (self.every_validation and not trainer.sanity_checking and trainer.state.fn == "fit"
-                and self._wandb_loggers(trainer)):
+        if (
+            self.every_validation
+            and not trainer.sanity_checking
+            and trainer.state.fn == "fit"
+            and self._wandb_loggers(trainer)
+        ):
             self._generate(trainer, pl_module, log_table=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -70,8 +88,9 @@ class GeneratedSamples(L.Callback):
         self.rows += [[trainer.global_step, i + 1, s] for i, s in enumerate(self.samples)]
         for lg in self._wandb_loggers(trainer):
             # The whole table each time: W&B shows the latest version of a key, so it must hold every step.
-            lg.log_text(key=TABLE_KEY, columns=TABLE_COLUMNS, data=[list(r) for r in self.rows],
-                        step=trainer.global_step)
+            lg.log_text(
+                key=TABLE_KEY, columns=TABLE_COLUMNS, data=[list(r) for r in self.rows], step=trainer.global_step
+            )
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer) -> None:

@@ -31,8 +31,7 @@ class ThroughputMFU(L.Callback):
 
     summary_key = "perf"
 
-    def __init__(self, warmup_steps: int = 5, window: int = 10, peak_flops: float | None = None,
-                 prog_bar: bool = True):
+    def __init__(self, warmup_steps: int = 5, window: int = 10, peak_flops: float | None = None, prog_bar: bool = True):
         """warmup_steps: optimizer steps left out of every figure (compile, autotune, allocator warm-up).
         window: training batches the logged rates average over. peak_flops: FLOP/s of one device,
         to override the table / CPU estimate (MFU = achieved / peak)."""
@@ -62,8 +61,9 @@ class ThroughputMFU(L.Callback):
         if self.device.type == "cpu" and self.peak.source != "config" and self.peak.flops and trainer.num_devices > 1:
             # CPU "devices" are processes sharing one CPU's cores: each gets its share of the peak
             self.peak = replace(self.peak, flops=self.peak.flops / trainer.num_devices)
-        self.throughput = Throughput(available_flops=self.peak.flops, world_size=self.world_size,
-                                     window_size=self.window)
+        self.throughput = Throughput(
+            available_flops=self.peak.flops, world_size=self.world_size, window_size=self.window
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step  # a resumed run warms up again from where it resumed
@@ -101,21 +101,28 @@ class ThroughputMFU(L.Callback):
         self.samples += ids.shape[0]
         self.tokens += ids.numel()
         self.flops += flops or 0
-        self.throughput.update(time=self.time, batches=self.batches, samples=self.samples, lengths=self.tokens,
-                               flops=flops if self.flops_known else None)
+        self.throughput.update(
+            time=self.time,
+            batches=self.batches,
+            samples=self.samples,
+            lengths=self.tokens,
+            flops=flops if self.flops_known else None,
+        )
         self._log(pl_module, self.throughput.compute(), trainer.accumulate_grad_batches)
 
     def _log(self, pl_module: L.LightningModule, m: dict[str, float], accumulate: int) -> None:
         ws = self.world_size
         values: dict[str, float] = {"perf/memory_gb": memory_gb(self.device)}
         if "device/samples_per_sec" in m:
-            values.update({
-                "perf/tokens_per_sec": m["device/items_per_sec"] * ws,
-                "perf/samples_per_sec": m["device/samples_per_sec"] * ws,
-                "perf/step_time_s": accumulate / m["device/batches_per_sec"],
-                "perf/device/tokens_per_sec": m["device/items_per_sec"],
-                "perf/device/samples_per_sec": m["device/samples_per_sec"],
-            })
+            values.update(
+                {
+                    "perf/tokens_per_sec": m["device/items_per_sec"] * ws,
+                    "perf/samples_per_sec": m["device/samples_per_sec"] * ws,
+                    "perf/step_time_s": accumulate / m["device/batches_per_sec"],
+                    "perf/device/tokens_per_sec": m["device/items_per_sec"],
+                    "perf/device/samples_per_sec": m["device/samples_per_sec"],
+                }
+            )
         if "device/flops_per_sec" in m:
             values["perf/flops_per_sec"] = m["device/flops_per_sec"] * ws
             values["perf/device/flops_per_sec"] = m["device/flops_per_sec"]
@@ -132,20 +139,29 @@ class ThroughputMFU(L.Callback):
             return {}
         ws = self.world_size
         out: dict[str, Any] = {
-            "device": self.peak.device_name, "device_type": self.device.type, "num_devices": ws,
-            "dtype": self.peak.dtype, "peak_flops": self.peak.flops, "peak_flops_source": self.peak.source,
-            "memory_gb": memory_gb(self.device), "memory": "cuda_max_allocated" if self.device.type == "cuda"
-            else "max_rss", "warmup_steps": self.warmup_steps, "warmup_time_s": self.warmup_time,
+            "device": self.peak.device_name,
+            "device_type": self.device.type,
+            "num_devices": ws,
+            "dtype": self.peak.dtype,
+            "peak_flops": self.peak.flops,
+            "peak_flops_source": self.peak.source,
+            "memory_gb": memory_gb(self.device),
+            "memory": "cuda_max_allocated" if self.device.type == "cuda" else "max_rss",
+            "warmup_steps": self.warmup_steps,
+            "warmup_time_s": self.warmup_time,
         }
         if self.steps <= 0 or self.time <= 0:
             return out  # the run ended within its warm-up: no figure would be honest
-        out.update({
-            "tokens_per_sec": self.tokens * ws / self.time,
-            "tokens_per_sec_per_device": self.tokens / self.time,
-            "samples_per_sec": self.samples * ws / self.time,
-            "step_time_s": self.time / self.steps,
-            "measured_steps": self.steps, "measured_time_s": self.time,
-        })
+        out.update(
+            {
+                "tokens_per_sec": self.tokens * ws / self.time,
+                "tokens_per_sec_per_device": self.tokens / self.time,
+                "samples_per_sec": self.samples * ws / self.time,
+                "step_time_s": self.time / self.steps,
+                "measured_steps": self.steps,
+                "measured_time_s": self.time,
+            }
+        )
         if self.flops_known and self.flops > 0:
             out["flops_per_step"] = self.flops * ws / self.steps  # all devices, one optimizer step
             out["flops_per_sec"] = self.flops * ws / self.time

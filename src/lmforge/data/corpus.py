@@ -61,15 +61,18 @@ def resolve_files(path: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, k
     elif p.is_dir():
         files = sorted(f for f in p.rglob("*") if wanted(f))
         if not files:
-            raise DataError(f"{key}={raw!r}: the folder holds no {kinds} files. "
-                            "Add files to it or point the key at a file or glob.")
+            raise DataError(
+                f"{key}={raw!r}: the folder holds no {kinds} files. Add files to it or point the key at a file or glob."
+            )
     elif any(ch in raw for ch in "*?["):
         files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True) if wanted(Path(f)))
         if not files:
             raise DataError(f"{key}={raw!r}: the glob matches no {kinds} files.")
     else:
-        raise DataError(f"{key}={raw!r}: no such file or folder. Point it at a {kinds} file, "
-                        "a folder of them, or a glob such as 'corpus/*.txt'.")
+        raise DataError(
+            f"{key}={raw!r}: no such file or folder. Point it at a {kinds} file, "
+            "a folder of them, or a glob such as 'corpus/*.txt'."
+        )
     return [f.resolve() for f in files]
 
 
@@ -219,8 +222,9 @@ class LocalFiles:
         if self._files is None:
             files = resolve_files(self.path, self.suffixes)
             if all(f.stat().st_size == 0 for f in files):
-                raise DataError(f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes). "
-                                "Give it some text.")
+                raise DataError(
+                    f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes). Give it some text."
+                )
             self._files = files
         return self._files
 

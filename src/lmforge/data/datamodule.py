@@ -81,19 +81,29 @@ class LMDataModule(L.LightningDataModule):
     def build(self, specials: dict[str, str]) -> None:
         """Fit or load the tokenizer and tokenize the corpus. Safe on every rank at once."""
         if "eos" not in specials:
-            raise ConfigError("the objective declares no `eos` special token; the token stream needs one "
-                              "to separate documents.")
+            raise ConfigError(
+                "the objective declares no `eos` special token; the token stream needs one to separate documents."
+            )
         if self.tokenizer_spec.path is None:  # a vocabulary the token dtype cannot hold fails before training
             token_dtype(self.tokenizer_spec.vocab_size, self.token_dtype)
         fingerprint = self.corpus.fingerprint()
         size_hint = getattr(self.corpus, "size_bytes", lambda: None)()
         texts = lambda: sample_texts(self.corpus.documents(), self.tokenizer_spec.max_train_chars, size_hint)  # noqa: E731
         self.tokenizer, self.tokenizer_path = self.tokenizer_spec.load_or_train(
-            texts, specials, fingerprint, self.cache_dir)
+            texts, specials, fingerprint, self.cache_dir
+        )
         self.special_ids = special_token_ids(self.tokenizer, specials)
         self.cache = TokenCache.build(
-            self.corpus, self.tokenizer, self.tokenizer_path.parent.name, self.special_ids["eos"],
-            self.val_fraction, self.split_seed, self.cache_dir, dtype=self.token_dtype, shard_tokens=self.shard_tokens)
+            self.corpus,
+            self.tokenizer,
+            self.tokenizer_path.parent.name,
+            self.special_ids["eos"],
+            self.val_fraction,
+            self.split_seed,
+            self.cache_dir,
+            dtype=self.token_dtype,
+            shard_tokens=self.shard_tokens,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -113,7 +123,8 @@ class LMDataModule(L.LightningDataModule):
             raise DataError(
                 f"the train split of {self.corpus.name} has {n_blocks} blocks of {builder.block_len} tokens, fewer "
                 f"than one batch of data.batch_size={self.batch_size}. Add text, or lower data.batch_size or "
-                "data.seq_len.")
+                "data.seq_len."
+            )
 
     def _dataset(self, split: str) -> TokenBlocks:
         if self.batch_builder is None:
@@ -141,10 +152,23 @@ class LMDataModule(L.LightningDataModule):
             raise DataError(
                 f"the train split has {len(dataset)} blocks of {self.batch_builder.block_len} tokens"
                 f"{f' ({len(sampler)} per rank over {world} ranks)' if world > 1 else ''}, fewer than one batch of "
-                f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len.")
-        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                                   collate_fn=BatchCollator(self._collate("train"), self.seed), **self._loader_kwargs())
+                f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len."
+            )
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=BatchCollator(self._collate("train"), self.seed),
+            **self._loader_kwargs(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), batch_size=self.val_batch_size, shuffle=False, drop_last=False,
-                          collate_fn=BatchCollator(self._collate("val"), self.seed), **self._loader_kwargs())
+        return DataLoader(
+            self._dataset("val"),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=BatchCollator(self._collate("val"), self.seed),
+            **self._loader_kwargs(),
+        )

@@ -16,8 +16,17 @@ from lmforge.data.corpus import Document, fingerprint_files, rechunk, resolve_fi
 from lmforge.errors import ConfigError, DataError
 
 # local file suffix -> the `datasets` builder that reads it
-BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-            ".csv": "csv", ".csv.gz": "csv", ".txt": "text", ".txt.gz": "text"}
+BUILDERS = {
+    ".parquet": "parquet",
+    ".jsonl": "json",
+    ".json": "json",
+    ".jsonl.gz": "json",
+    ".json.gz": "json",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".txt": "text",
+    ".txt.gz": "text",
+}
 ROWS_PER_READ = 1000
 
 
@@ -27,9 +36,16 @@ def _looks_local(path: str) -> bool:
 
 
 class HFDataset:
-    def __init__(self, path: str, text_field: str = "text", name: str | None = None, split: str = "train",
-                 data_files: str | list[str] | None = None, revision: str | None = None,
-                 cache_dir: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        text_field: str = "text",
+        name: str | None = None,
+        split: str = "train",
+        data_files: str | list[str] | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+    ):
         self.path, self.text_field, self.config_name, self.split = path, text_field, name, split
         self.data_files, self.revision, self.cache_dir = data_files, revision, cache_dir
         self._dataset = None
@@ -51,18 +67,29 @@ class HFDataset:
             self._local_files = resolve_files(self.path, tuple(BUILDERS))
             kinds = {BUILDERS[next(s for s in BUILDERS if f.name.endswith(s))] for f in self._local_files}
             if len(kinds) > 1:
-                raise DataError(f"data.path={self.path!r} mixes file kinds ({', '.join(sorted(kinds))}); "
-                                "point it at files of one kind.")
+                raise DataError(
+                    f"data.path={self.path!r} mixes file kinds ({', '.join(sorted(kinds))}); "
+                    "point it at files of one kind."
+                )
             builder, data_files = kinds.pop(), [str(f) for f in self._local_files]
         try:
-            ds = datasets.load_dataset(builder, self.config_name, data_files=data_files, split=self.split,
-                                       revision=self.revision, cache_dir=self.cache_dir)
+            ds = datasets.load_dataset(
+                builder,
+                self.config_name,
+                data_files=data_files,
+                split=self.split,
+                revision=self.revision,
+                cache_dir=self.cache_dir,
+            )
         except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
-            raise DataError(f"data.path={self.path!r}: `datasets` could not load split {self.split!r}: "
-                            f"{type(e).__name__}: {e}") from None
+            raise DataError(
+                f"data.path={self.path!r}: `datasets` could not load split {self.split!r}: {type(e).__name__}: {e}"
+            ) from None
         if self.text_field not in ds.column_names:
-            raise DataError(f"{self.name}: no column {self.text_field!r} (data.text_field); "
-                            f"the dataset has: {', '.join(ds.column_names)}.")
+            raise DataError(
+                f"{self.name}: no column {self.text_field!r} (data.text_field); "
+                f"the dataset has: {', '.join(ds.column_names)}."
+            )
         if len(ds) == 0:
             raise DataError(f"{self.name}: the dataset split is empty.")
         self._dataset = ds
@@ -87,7 +114,8 @@ class HFDataset:
                 if text is None:
                     text = ""
                 elif not isinstance(text, str):
-                    raise DataError(f"{self.name} row {row}: column {self.text_field!r} holds "
-                                    f"{type(text).__name__}, not text.")
+                    raise DataError(
+                        f"{self.name} row {row}: column {self.text_field!r} holds {type(text).__name__}, not text."
+                    )
                 yield Document(str(row), rechunk([text]))
                 row += 1

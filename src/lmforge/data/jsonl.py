@@ -66,15 +66,19 @@ class JsonlFiles(LocalFiles):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg} at column {e.colno}). "
-                            "Each line of a JSONL file must be one JSON object.") from None
+            raise DataError(
+                f"{path}:{lineno}: not a JSON object ({e.msg} at column {e.colno}). "
+                "Each line of a JSONL file must be one JSON object."
+            ) from None
         try:
             text = field_of(obj, self.text_field)
         except KeyError:
             present = ", ".join(map(repr, obj)) if isinstance(obj, dict) else f"a {type(obj).__name__}, not an object"
-            raise DataError(f"{path}:{lineno}: no field {self.text_field!r} (data.text_field); "
-                            f"the line has: {present}.") from None
+            raise DataError(
+                f"{path}:{lineno}: no field {self.text_field!r} (data.text_field); the line has: {present}."
+            ) from None
         if not isinstance(text, str):
-            raise DataError(f"{path}:{lineno}: field {self.text_field!r} holds {type(text).__name__} "
-                            f"{str(text)[:40]!r}, not text.")
+            raise DataError(
+                f"{path}:{lineno}: field {self.text_field!r} holds {type(text).__name__} {str(text)[:40]!r}, not text."
+            )
         return text

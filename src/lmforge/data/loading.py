@@ -131,23 +131,38 @@ class ResumableDataLoader(DataLoader):
         if not self.resumable:
             return {}
         s = self.sampler
-        return {"epoch": s.epoch, "batches": self._batches, "seed": s.seed, "shuffle": s.shuffle,
-                "num_replicas": s.num_replicas, "batch_size": self.batch_size, "num_blocks": len(s.dataset)}
+        return {
+            "epoch": s.epoch,
+            "batches": self._batches,
+            "seed": s.seed,
+            "shuffle": s.shuffle,
+            "num_replicas": s.num_replicas,
+            "batch_size": self.batch_size,
+            "num_blocks": len(s.dataset),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not self.resumable or not state:
             return
         s = self.sampler
-        same = {"seed": s.seed, "shuffle": s.shuffle, "num_replicas": s.num_replicas,
-                "batch_size": self.batch_size, "num_blocks": len(s.dataset)}
+        same = {
+            "seed": s.seed,
+            "shuffle": s.shuffle,
+            "num_replicas": s.num_replicas,
+            "batch_size": self.batch_size,
+            "num_blocks": len(s.dataset),
+        }
         changed = {k: (state.get(k), v) for k, v in same.items() if state.get(k) != v}
         epoch, batches = int(state["epoch"]), int(state["batches"])
         if batches >= len(self):  # saved at the end of an epoch: the next one starts afresh
             epoch, batches = epoch + 1, 0
         s.set_epoch(epoch)
         if changed:
-            warnings.warn(f"the train data changed since the checkpoint ({changed}); the epoch restarts from its "
-                          "first batch instead of continuing exactly where it stopped.", stacklevel=2)
+            warnings.warn(
+                f"the train data changed since the checkpoint ({changed}); the epoch restarts from its "
+                "first batch instead of continuing exactly where it stopped.",
+                stacklevel=2,
+            )
             batches = 0
         s.skip_next(batches * self.batch_size)
         self._batches = batches

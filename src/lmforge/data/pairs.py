@@ -51,12 +51,20 @@ def _format_of(path: Path, fmt: str) -> str:
     for f, suffixes in (("jsonl", (".jsonl", ".json", ".ndjson")), ("tsv", (".tsv", ".txt"))):
         if name.endswith(suffixes):
             return f
-    raise ConfigError(f"data.path={str(path)!r}: cannot tell the format from the name; use a .jsonl or .tsv "
-                      "file (optionally .gz), or set data.format=jsonl|tsv.")
+    raise ConfigError(
+        f"data.path={str(path)!r}: cannot tell the format from the name; use a .jsonl or .tsv "
+        "file (optionally .gz), or set data.format=jsonl|tsv."
+    )
 
 
-def read_pairs(path: Path, fmt: str = "auto", source_field: str = "source", target_field: str = "target",
-               errors: str = "strict", key: str = "data.path") -> list[tuple[str, str]]:
+def read_pairs(
+    path: Path,
+    fmt: str = "auto",
+    source_field: str = "source",
+    target_field: str = "target",
+    errors: str = "strict",
+    key: str = "data.path",
+) -> list[tuple[str, str]]:
     """The (source, target) strings of a JSONL or TSV file; bad lines are named."""
     if not path.is_file():
         raise DataError(f"{key}={str(path)!r}: no such file. Give a .jsonl or .tsv file of pairs.")
@@ -76,8 +84,10 @@ def read_pairs(path: Path, fmt: str = "auto", source_field: str = "source", targ
             for field in (source_field, target_field):
                 if not isinstance(obj.get(field), str):
                     what = "has no field" if field not in obj else "has a non-string field"
-                    raise DataError(f"{path}:{n}: the line {what} {field!r} (fields: {sorted(obj)}). "
-                                    "Set data.source_field / data.target_field to the right names.")
+                    raise DataError(
+                        f"{path}:{n}: the line {what} {field!r} (fields: {sorted(obj)}). "
+                        "Set data.source_field / data.target_field to the right names."
+                    )
             pairs.append((obj[source_field], obj[target_field]))
     else:
         cols = (0, 1)
@@ -89,8 +99,10 @@ def read_pairs(path: Path, fmt: str = "auto", source_field: str = "source", targ
                 continue
             cells = line.split("\t")
             if len(cells) <= max(cols) or (cols == (0, 1) and len(cells) != 2):
-                raise DataError(f"{path}:{n}: expected 'source<TAB>target' (or the columns named by a header line "
-                                f"with {source_field!r} and {target_field!r}), found {len(cells)} column(s).")
+                raise DataError(
+                    f"{path}:{n}: expected 'source<TAB>target' (or the columns named by a header line "
+                    f"with {source_field!r} and {target_field!r}), found {len(cells)} column(s)."
+                )
             pairs.append((cells[cols[0]], cells[cols[1]]))
     if not pairs:
         raise DataError(f"{key}={str(path)!r} holds no pairs.")
@@ -100,8 +112,15 @@ def read_pairs(path: Path, fmt: str = "auto", source_field: str = "source", targ
 class PairsFile:
     """The pairs source: one file (and optionally a separate validation file)."""
 
-    def __init__(self, path: str, val_path: str | None = None, format: str = "auto", source_field: str = "source",
-                 target_field: str = "target", errors: str = "strict"):
+    def __init__(
+        self,
+        path: str,
+        val_path: str | None = None,
+        format: str = "auto",
+        source_field: str = "source",
+        target_field: str = "target",
+        errors: str = "strict",
+    ):
         self.path = Path(path).expanduser()
         self.val_path = Path(val_path).expanduser() if val_path else None
         self.format, self.source_field, self.target_field, self.errors = format, source_field, target_field, errors
@@ -129,7 +148,7 @@ class PairsFile:
     def documents(self) -> Iterator[Document]:
         """Both sides of every pair as text: what a tokenizer is trained on (a shared vocabulary, as T5)."""
         data = self.read()
-        for split, pairs in (data.items() if isinstance(data, dict) else [("all", data)]):
+        for split, pairs in data.items() if isinstance(data, dict) else [("all", data)]:
             for i, (s, t) in enumerate(pairs):
                 yield Document(f"{split}:{i}:source", [s])
                 yield Document(f"{split}:{i}:target", [t])
@@ -144,20 +163,37 @@ class PairsCache:
         self.dir, self.meta = folder, meta
 
     @classmethod
-    def build(cls, source: PairsFile, tokenizer, tokenizer_key: str, eos_id: int, val_fraction: float,
-              split_seed: int, cache_dir: Path) -> "PairsCache":
-        key = hashlib.blake2b(json.dumps(["pairs-v2", source.fingerprint(), tokenizer_key, val_fraction, split_seed])
-                              .encode(), digest_size=10).hexdigest()
+    def build(
+        cls,
+        source: PairsFile,
+        tokenizer,
+        tokenizer_key: str,
+        eos_id: int,
+        val_fraction: float,
+        split_seed: int,
+        cache_dir: Path,
+    ) -> PairsCache:
+        key = hashlib.blake2b(
+            json.dumps(["pairs-v2", source.fingerprint(), tokenizer_key, val_fraction, split_seed]).encode(),
+            digest_size=10,
+        ).hexdigest()
         dtype = token_dtype(tokenizer.get_vocab_size())
 
         def build(tmp: Path) -> None:
             data = source.read()
             if isinstance(data, list):
                 val = split_of([str(i) for i in range(len(data))], val_fraction, split_seed)
-                data = {"train": [p for i, p in enumerate(data) if str(i) not in val],
-                        "val": [p for i, p in enumerate(data) if str(i) in val]}
-            meta = {"dtype": dtype.name, "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos_id,
-                    "pairs": {}, "tokens": {}}
+                data = {
+                    "train": [p for i, p in enumerate(data) if str(i) not in val],
+                    "val": [p for i, p in enumerate(data) if str(i) in val],
+                }
+            meta = {
+                "dtype": dtype.name,
+                "vocab_size": tokenizer.get_vocab_size(),
+                "eos_id": eos_id,
+                "pairs": {},
+                "tokens": {},
+            }
             meta["source_tokens"] = {}
             for split, pairs in data.items():
                 n_tokens = 0
@@ -187,6 +223,7 @@ def _read_side(folder: Path, split: str, side: str, dtype) -> tuple[np.ndarray, 
 def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
     """Cross-entropy (nats/token) on the val targets (each + eos) of a unigram model of the train
     targets, add-one smoothed: the floor a seq2seq model must beat."""
+
     def counts(split: str) -> np.ndarray:
         ids, idx = _read_side(folder, split, "target", dtype)
         c = np.bincount(ids.astype(np.int64), minlength=vocab).astype(np.float64)
@@ -223,9 +260,11 @@ class TokenPairs(Dataset):
 
     def __getitem__(self, i: int) -> TokenPair:
         src, tgt = self._side("source"), self._side("target")
-        return TokenPair(np.asarray(src[self.src_idx[i] : self.src_idx[i + 1]], dtype=np.int64),
-                         np.asarray(tgt[self.tgt_idx[i] : self.tgt_idx[i + 1]], dtype=np.int64),
-                         None if self.texts is None else self.texts[i])
+        return TokenPair(
+            np.asarray(src[self.src_idx[i] : self.src_idx[i + 1]], dtype=np.int64),
+            np.asarray(tgt[self.tgt_idx[i] : self.tgt_idx[i + 1]], dtype=np.int64),
+            None if self.texts is None else self.texts[i],
+        )
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_ids": {}}
@@ -238,8 +277,15 @@ class LengthBuckets(BatchSampler):
     of `bucket_size` batches (None: all at once) and cut into batches; with `shuffle`, the batch order
     is then shuffled, seeded by the sampler's order, so each epoch differs and a seed reproduces it."""
 
-    def __init__(self, sampler, batch_size: int, drop_last: bool = False, lengths: list[int] = (),
-                 bucket_size: int | None = 50, shuffle: bool = True):
+    def __init__(
+        self,
+        sampler,
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: list[int] = (),
+        bucket_size: int | None = 50,
+        shuffle: bool = True,
+    ):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths, self.bucket_size, self.shuffle = list(lengths), bucket_size, shuffle
 
@@ -261,14 +307,32 @@ class PairsDataModule(L.LightningDataModule):
     """Same interface as LMDataModule (build, vocab_size, special_ids, set_batch_builder, loaders),
     serving TokenPairs instead of token blocks. `seq_len` caps source tokens, `max_target_len` targets."""
 
-    def __init__(self, path: str, tokenizer: TokenizerSpec, cache_dir: str, val_path: str | None = None,
-                 format: str = "auto", source_field: str = "source", target_field: str = "target",
-                 errors: str = "strict", seq_len: int = 128, max_target_len: int = 128, batch_size: int = 32,
-                 val_batch_size: int | None = None, val_fraction: float = 0.05, split_seed: int = 0,
-                 bucket_size: int = 50, num_workers: int = 0, pin_memory: bool | None = None):
+    def __init__(
+        self,
+        path: str,
+        tokenizer: TokenizerSpec,
+        cache_dir: str,
+        val_path: str | None = None,
+        format: str = "auto",
+        source_field: str = "source",
+        target_field: str = "target",
+        errors: str = "strict",
+        seq_len: int = 128,
+        max_target_len: int = 128,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        bucket_size: int = 50,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+    ):
         super().__init__()
-        for key, value, least in (("data.seq_len", seq_len, 2), ("data.max_target_len", max_target_len, 2),
-                                  ("data.batch_size", batch_size, 1)):
+        for key, value, least in (
+            ("data.seq_len", seq_len, 2),
+            ("data.max_target_len", max_target_len, 2),
+            ("data.batch_size", batch_size, 1),
+        ):
             if value < least:
                 raise ConfigError(f"{key}={value} must be at least {least}.")
         self.corpus = PairsFile(path, val_path, format, source_field, target_field, errors)
@@ -288,12 +352,20 @@ class PairsDataModule(L.LightningDataModule):
         """Fit or load the tokenizer on both sides of the pairs and tokenize them. Safe on every rank."""
         texts = (d.text for d in self.corpus.documents())
         self.tokenizer, self.tokenizer_path = self.tokenizer_spec.load_or_train(
-            texts, specials, self.corpus.fingerprint(), self.cache_dir)
+            texts, specials, self.corpus.fingerprint(), self.cache_dir
+        )
         self.special_ids = special_token_ids(self.tokenizer, specials)
         if "eos" not in self.special_ids:
             raise ConfigError("data=pairs needs an objective with an eos token (model=t5).")
-        self.cache = PairsCache.build(self.corpus, self.tokenizer, self.tokenizer_path.parent.name,
-                                      self.special_ids["eos"], self.val_fraction, self.split_seed, self.cache_dir)
+        self.cache = PairsCache.build(
+            self.corpus,
+            self.tokenizer,
+            self.tokenizer_path.parent.name,
+            self.special_ids["eos"],
+            self.val_fraction,
+            self.split_seed,
+            self.cache_dir,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -301,8 +373,10 @@ class PairsDataModule(L.LightningDataModule):
 
     def set_batch_builder(self, builder) -> None:
         if not hasattr(builder, "pair_collator"):
-            raise ConfigError("data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
-                              "on: use model=t5 (or t5_tiny, t5_small).")
+            raise ConfigError(
+                "data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
+                "on: use model=t5 (or t5_tiny, t5_small)."
+            )
         self.collate = builder.pair_collator(self.seq_len, self.max_target_len)
         pairs, tokens = self.cache.meta["pairs"]["train"], self.cache.meta["source_tokens"]["train"]
         self.collate.block_len = max(1, min(self.seq_len, round((tokens + pairs) / max(pairs, 1))))  # with eos
@@ -314,11 +388,23 @@ class PairsDataModule(L.LightningDataModule):
         data = TokenPairs(self.cache.dir, split, self.cache.meta["dtype"], with_text=split == "val")
         lengths = [data.source_length(i) for i in range(len(data))]
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
-        batches = LengthBuckets(sampler, batch_size, drop_last=False, lengths=lengths,
-                                bucket_size=self.bucket_size if shuffle else None, shuffle=shuffle)
+        batches = LengthBuckets(
+            sampler,
+            batch_size,
+            drop_last=False,
+            lengths=lengths,
+            bucket_size=self.bucket_size if shuffle else None,
+            shuffle=shuffle,
+        )
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return DataLoader(data, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers,
-                          pin_memory=pin, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            data,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

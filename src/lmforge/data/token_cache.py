@@ -51,9 +51,11 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> np.dtype:
         requested = "uint16" if vocab_size <= 2**16 else "uint32"
     dtype = DTYPES[requested]
     if vocab_size > np.iinfo(dtype).max + 1:
-        raise DataError(f"the tokenizer's vocabulary has {vocab_size:,} tokens, more than data.token_dtype={requested} "
-                        f"holds ({np.iinfo(dtype).max + 1:,} ids). Use data.token_dtype=auto or uint32, "
-                        "or a smaller tokenizer.vocab_size.")
+        raise DataError(
+            f"the tokenizer's vocabulary has {vocab_size:,} tokens, more than data.token_dtype={requested} "
+            f"holds ({np.iinfo(dtype).max + 1:,} ids). Use data.token_dtype=auto or uint32, "
+            "or a smaller tokenizer.vocab_size."
+        )
     return dtype
 
 
@@ -70,8 +72,10 @@ def val_mask(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
         raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
     n = len(hashes)
     if n < 2:
-        raise DataError("the corpus has fewer than 2 documents; a train/validation split needs at least 2. "
-                        "Add text, or split your file into several files.")
+        raise DataError(
+            "the corpus has fewer than 2 documents; a train/validation split needs at least 2. "
+            "Add text, or split your file into several files."
+        )
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     mask = np.zeros(n, dtype=bool)
     mask[np.argsort(hashes, kind="stable")[:n_val]] = True
@@ -238,8 +242,15 @@ def _text_batches(documents: Iterable, seed: int, max_chars: int) -> Iterator[li
         yield batch
 
 
-def encode_corpus(documents: Iterable, tokenizer: Tokenizer, eos_id: int, dtype: np.dtype, out,
-                  seed: int, batch_chars: int = ENCODE_BATCH_CHARS) -> tuple[np.ndarray, np.ndarray]:
+def encode_corpus(
+    documents: Iterable,
+    tokenizer: Tokenizer,
+    eos_id: int,
+    dtype: np.dtype,
+    out,
+    seed: int,
+    batch_chars: int = ENCODE_BATCH_CHARS,
+) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize documents into `out` (a binary file), each followed by eos. Returns (lengths, hashes).
 
     Documents with no tokens are left out. A document's pieces are tokenized separately; they are
@@ -269,8 +280,13 @@ def encode_corpus(documents: Iterable, tokenizer: Tokenizer, eos_id: int, dtype:
     return np.array(lengths, dtype=np.int64), np.array(hashes, dtype=np.uint64)
 
 
-def deal_to_splits(stream: np.ndarray, lengths: np.ndarray, is_val: np.ndarray, writers: dict[str, ShardWriter],
-                   chunk: int = COPY_TOKENS) -> None:
+def deal_to_splits(
+    stream: np.ndarray,
+    lengths: np.ndarray,
+    is_val: np.ndarray,
+    writers: dict[str, ShardWriter],
+    chunk: int = COPY_TOKENS,
+) -> None:
     """Copy each document's tokens from the staging stream to its split, a chunk at a time."""
     ends = np.cumsum(lengths)
     starts = ends - lengths
@@ -297,17 +313,39 @@ class TokenCache:
         return [self.dir / split / f"{i:05d}.bin" for i in range(len(self.meta["shards"][split]))]
 
     @classmethod
-    def build(cls, corpus, tokenizer: Tokenizer, tokenizer_key: str, eos_id: int, val_fraction: float,
-              split_seed: int, cache_dir: Path, dtype: str = "auto",
-              shard_tokens: int = DEFAULT_SHARD_TOKENS) -> "TokenCache":
+    def build(
+        cls,
+        corpus,
+        tokenizer: Tokenizer,
+        tokenizer_key: str,
+        eos_id: int,
+        val_fraction: float,
+        split_seed: int,
+        cache_dir: Path,
+        dtype: str = "auto",
+        shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    ) -> TokenCache:
         vocab = tokenizer.get_vocab_size()
         np_dtype = token_dtype(vocab, dtype)
         if not 0 < val_fraction < 1:
             raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
         if shard_tokens < 1:
             raise ConfigError(f"data.shard_tokens={shard_tokens} must be positive.")
-        key = hashlib.blake2b(json.dumps([FORMAT, corpus.fingerprint(), tokenizer_key, eos_id, val_fraction,
-                                          split_seed, np_dtype.name, shard_tokens]).encode(), digest_size=10).hexdigest()
+        key = hashlib.blake2b(
+            json.dumps(
+                [
+                    FORMAT,
+                    corpus.fingerprint(),
+                    tokenizer_key,
+                    eos_id,
+                    val_fraction,
+                    split_seed,
+                    np_dtype.name,
+                    shard_tokens,
+                ]
+            ).encode(),
+            digest_size=10,
+        ).hexdigest()
 
         def build(tmp: Path) -> None:
             started = time.perf_counter()
@@ -327,13 +365,22 @@ class TokenCache:
             seconds = time.perf_counter() - started
             total = int(lengths.sum())
             meta = {
-                "format": FORMAT, "corpus": corpus.name, "dtype": np_dtype.name, "vocab_size": vocab, "eos_id": eos_id,
+                "format": FORMAT,
+                "corpus": corpus.name,
+                "dtype": np_dtype.name,
+                "vocab_size": vocab,
+                "eos_id": eos_id,
                 "tokens": {s: int(sum(n)) for s, n in shards.items()},
                 "documents": {"train": int((~is_val).sum()), "val": int(is_val.sum())},
-                "shards": shards, "shard_tokens": shard_tokens,
+                "shards": shards,
+                "shard_tokens": shard_tokens,
                 "unigram_val_loss": unigram_val_loss(tmp, shards, np_dtype, vocab),
-                "build": {"seconds": round(seconds, 3), "tokens_per_sec": round(total / max(seconds, 1e-9)),
-                          "pid": os.getpid(), "host": socket.gethostname()},
+                "build": {
+                    "seconds": round(seconds, 3),
+                    "tokens_per_sec": round(total / max(seconds, 1e-9)),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                },
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             log.info("tokenized %s: %d tokens in %.1fs", corpus.name, total, seconds)
@@ -347,6 +394,7 @@ def unigram_val_loss(folder: Path, shards: dict[str, list[int]], dtype: np.dtype
 
     The floor any model must beat: it knows token frequencies and nothing of context.
     """
+
     def tokens(split):
         return ShardedTokens([folder / split / f"{i:05d}.bin" for i in range(len(shards[split]))], dtype)
 

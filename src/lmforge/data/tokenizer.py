@@ -34,18 +34,21 @@ def _specials_with_unk(specials: dict[str, str], default_unk: str) -> tuple[list
     return (tokens if unk in tokens else [*tokens, unk]), unk
 
 
-def _bpe(spec: "TokenizerSpec", specials: dict[str, str]):
+def _bpe(spec: TokenizerSpec, specials: dict[str, str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=list(dict.fromkeys(specials.values())),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=list(dict.fromkeys(specials.values())),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     return tok, trainer
 
 
-def _wordpiece(spec: "TokenizerSpec", specials: dict[str, str]):
+def _wordpiece(spec: TokenizerSpec, specials: dict[str, str]):
     tokens, unk = _specials_with_unk(specials, "[UNK]")
     tok = Tokenizer(models.WordPiece(unk_token=unk))
     tok.normalizer = normalizers.BertNormalizer(lowercase=spec.lowercase, clean_text=True, handle_chinese_chars=True)
@@ -54,14 +57,21 @@ def _wordpiece(spec: "TokenizerSpec", specials: dict[str, str]):
     if "cls" in specials and "sep" in specials:  # BERT's [CLS] A [SEP] (B [SEP]) when special tokens are added
         cls, sep = specials["cls"], specials["sep"]
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-            special_tokens=[(cls, tokens.index(cls)), (sep, tokens.index(sep))])
-    trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
-                                        special_tokens=tokens, continuing_subword_prefix="##", show_progress=False)
+            single=f"{cls} $A {sep}",
+            pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tokens.index(cls)), (sep, tokens.index(sep))],
+        )
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=tokens,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     return tok, trainer
 
 
-def _unigram(spec: "TokenizerSpec", specials: dict[str, str]):
+def _unigram(spec: TokenizerSpec, specials: dict[str, str]):
     # As T5's SentencePiece: NFKC, spaces become "▁" and start each word; sentinels are plain specials.
     tokens, unk = _specials_with_unk(specials, "<unk>")
     tok = Tokenizer(models.Unigram())
@@ -69,12 +79,13 @@ def _unigram(spec: "TokenizerSpec", specials: dict[str, str]):
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=spec.vocab_size, special_tokens=tokens, unk_token=unk,
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=spec.vocab_size, special_tokens=tokens, unk_token=unk, show_progress=False
+    )
     return tok, trainer
 
 
-def _char(spec: "TokenizerSpec", specials: dict[str, str]):
+def _char(spec: TokenizerSpec, specials: dict[str, str]):
     # Every character is a token: a WordLevel model over single characters.
     tokens, unk = _specials_with_unk(specials, "<unk>")
     tok = Tokenizer(models.WordLevel(unk_token=unk))
@@ -82,8 +93,9 @@ def _char(spec: "TokenizerSpec", specials: dict[str, str]):
         tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    trainer = trainers.WordLevelTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
-                                        special_tokens=tokens, show_progress=False)
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=tokens, show_progress=False
+    )
     return tok, trainer
 
 
@@ -97,11 +109,20 @@ class TokenizerSpec:
     corpus); it keeps training time and memory in check on large corpora. None: all of it.
     """
 
-    def __init__(self, kind: str = "bpe", vocab_size: int = 4096, min_frequency: int = 2, path: str | None = None,
-                 lowercase: bool = False, max_train_chars: int | None = None):
+    def __init__(
+        self,
+        kind: str = "bpe",
+        vocab_size: int = 4096,
+        min_frequency: int = 2,
+        path: str | None = None,
+        lowercase: bool = False,
+        max_train_chars: int | None = None,
+    ):
         if path is None and kind not in KINDS:
-            raise ConfigError(f"tokenizer.kind={kind!r} is not known; choose one of {', '.join(KINDS)}, "
-                              "or use tokenizer=pretrained tokenizer.path=<tokenizer.json>.")
+            raise ConfigError(
+                f"tokenizer.kind={kind!r} is not known; choose one of {', '.join(KINDS)}, "
+                "or use tokenizer=pretrained tokenizer.path=<tokenizer.json>."
+            )
         if path is None and (not isinstance(vocab_size, int) or vocab_size < 2):
             raise ConfigError(f"tokenizer.vocab_size={vocab_size} must be an integer of at least 2.")
         if max_train_chars is not None and max_train_chars < 1:
@@ -114,20 +135,32 @@ class TokenizerSpec:
         """Settings that cannot work, found before any training."""
         n_special = len(set(specials.values()))
         if self.kind == "bpe" and self.vocab_size < BYTE_ALPHABET + n_special:
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} is below the {BYTE_ALPHABET} byte tokens plus "
-                              f"{n_special} special tokens a byte-level BPE needs; use at least {BYTE_ALPHABET + n_special}.")
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.vocab_size} is below the {BYTE_ALPHABET} byte tokens plus "
+                f"{n_special} special tokens a byte-level BPE needs; use at least {BYTE_ALPHABET + n_special}."
+            )
         if self.kind in ("wordpiece", "unigram", "char") and self.vocab_size <= n_special + 1:
-            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} leaves no room beside the {n_special} special "
-                              "tokens; raise it.")
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.vocab_size} leaves no room beside the {n_special} special "
+                "tokens; raise it."
+            )
 
     def cache_key(self, corpus_fingerprint: str, specials: dict[str, str]) -> str:
-        settings = ([self.kind, self.vocab_size, self.min_frequency, self.lowercase, self.max_train_chars,
-                     corpus_fingerprint] if self.path is None else [FILE_KIND, _file_hash(Path(self.path).expanduser())])
+        settings = (
+            [self.kind, self.vocab_size, self.min_frequency, self.lowercase, self.max_train_chars, corpus_fingerprint]
+            if self.path is None
+            else [FILE_KIND, _file_hash(Path(self.path).expanduser())]
+        )
         blob = json.dumps([*settings, list(specials.items())])
         return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
 
-    def load_or_train(self, texts: Iterable[str] | Callable[[], Iterable[str]], specials: dict[str, str],
-                      corpus_fingerprint: str, cache_dir: Path) -> tuple[Tokenizer, Path]:
+    def load_or_train(
+        self,
+        texts: Iterable[str] | Callable[[], Iterable[str]],
+        specials: dict[str, str],
+        corpus_fingerprint: str,
+        cache_dir: Path,
+    ) -> tuple[Tokenizer, Path]:
         """The tokenizer and the path of its cached tokenizer.json (built once, under a lock).
 
         `texts` (or a function returning them) is only read when the tokenizer must be trained.
@@ -136,7 +169,9 @@ class TokenizerSpec:
         entry = Path(cache_dir) / "tokenizers" / f"{self.kind}-{self.cache_key(corpus_fingerprint, specials)}"
 
         def build(tmp: Path) -> None:
-            tok = self._from_file(specials) if self.path else self._train(texts() if callable(texts) else texts, specials)
+            tok = (
+                self._from_file(specials) if self.path else self._train(texts() if callable(texts) else texts, specials)
+            )
             tok.save(str(tmp / "tokenizer.json"))
 
         build_once(entry, build)
@@ -150,13 +185,16 @@ class TokenizerSpec:
     def _from_file(self, specials: dict[str, str]) -> Tokenizer:
         p = Path(self.path).expanduser()
         if not p.is_file():
-            raise DataError(f"tokenizer.path={self.path!r}: no such file. Point it at a tokenizer.json "
-                            "saved by the `tokenizers` library, or choose a tokenizer to train (tokenizer=bpe).")
+            raise DataError(
+                f"tokenizer.path={self.path!r}: no such file. Point it at a tokenizer.json "
+                "saved by the `tokenizers` library, or choose a tokenizer to train (tokenizer=bpe)."
+            )
         try:
             tok = Tokenizer.from_file(str(p))
         except Exception as e:  # the library raises a bare Exception for malformed files
-            raise DataError(f"tokenizer.path={self.path!r}: not a tokenizer.json the `tokenizers` library can "
-                            f"read ({e}).") from None
+            raise DataError(
+                f"tokenizer.path={self.path!r}: not a tokenizer.json the `tokenizers` library can read ({e})."
+            ) from None
         missing = [t for t in dict.fromkeys(specials.values()) if tok.token_to_id(t) is None]
         if missing:
             tok.add_special_tokens(missing)  # the objective's roles must exist; new ids go at the end

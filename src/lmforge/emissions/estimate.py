@@ -23,8 +23,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from lmforge import hardware
 
@@ -74,8 +75,9 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> fl
     return v
 
 
-def training_flops(params: float, tokens: float, *, n_layer: int | None = None,
-                   d_model: int | None = None, seq_len: int | None = None) -> float:
+def training_flops(
+    params: float, tokens: float, *, n_layer: int | None = None, d_model: int | None = None, seq_len: int | None = None
+) -> float:
     """Training FLOPs: 6·N·D, plus 12·L·d·T·D for attention when the shape is known."""
     n = _positive("params", params)
     d = _positive("tokens", tokens)
@@ -84,18 +86,30 @@ def training_flops(params: float, tokens: float, *, n_layer: int | None = None,
     if any(x is not None for x in shape):
         if any(x is None for x in shape):
             raise EstimateError("give all of n_layer, d_model and seq_len for the attention term, or none")
-        flops += 12.0 * _positive("n_layer", n_layer) * _positive("d_model", d_model) \
-            * _positive("seq_len", seq_len) * d
+        flops += (
+            12.0 * _positive("n_layer", n_layer) * _positive("d_model", d_model) * _positive("seq_len", seq_len) * d
+        )
     return flops
 
 
-def estimate(*, params: float | None = None, tokens: float | None = None,
-             flops: float | None = None, accelerator: str | None = None, count: int = 1,
-             mfu: float | None = None, dtype: str = DEFAULT_DTYPE,
-             accelerator_hours: float | None = None, power_w: float | None = None,
-             pue: float = DEFAULT_PUE, intensity: float = DEFAULT_INTENSITY_G_PER_KWH,
-             n_layer: int | None = None, d_model: int | None = None,
-             seq_len: int | None = None, peak_flops: float | None = None) -> Estimate:
+def estimate(
+    *,
+    params: float | None = None,
+    tokens: float | None = None,
+    flops: float | None = None,
+    accelerator: str | None = None,
+    count: int = 1,
+    mfu: float | None = None,
+    dtype: str = DEFAULT_DTYPE,
+    accelerator_hours: float | None = None,
+    power_w: float | None = None,
+    pue: float = DEFAULT_PUE,
+    intensity: float = DEFAULT_INTENSITY_G_PER_KWH,
+    n_layer: int | None = None,
+    d_model: int | None = None,
+    seq_len: int | None = None,
+    peak_flops: float | None = None,
+) -> Estimate:
     """Estimate from compute (params+tokens or flops, accelerator, mfu) or from accelerator-hours."""
     pue = _positive("pue", pue)
     if pue < 1.0:
@@ -117,7 +131,8 @@ def estimate(*, params: float | None = None, tokens: float | None = None,
         if acc is None:
             raise EstimateError(
                 "no average power: give --power-w (watts per accelerator), or an --accelerator "
-                "from the table so its TDP is used")
+                "from the table so its TDP is used"
+            )
         power_w = float(acc.tdp_w)
 
     compute_given = params is not None or tokens is not None or flops is not None
@@ -153,17 +168,32 @@ def estimate(*, params: float | None = None, tokens: float | None = None,
 
     energy_kwh = acc_hours * power_w / 1000.0 * pue
     return Estimate(
-        accelerator_hours=acc_hours, energy_kwh=energy_kwh,
-        co2_kg=energy_kwh * intensity / 1000.0, power_w=power_w, pue=pue,
-        intensity_g_per_kwh=intensity, flops=flops, wall_hours=wall_hours,
+        accelerator_hours=acc_hours,
+        energy_kwh=energy_kwh,
+        co2_kg=energy_kwh * intensity / 1000.0,
+        power_w=power_w,
+        pue=pue,
+        intensity_g_per_kwh=intensity,
+        flops=flops,
+        wall_hours=wall_hours,
         accelerator=(acc.key if acc else (str(accelerator).lower() if accelerator else None)),
-        count=count if accelerator is not None else None, mfu=mfu, dtype=dt, peak_flops=peak,
+        count=count if accelerator is not None else None,
+        mfu=mfu,
+        dtype=dt,
+        peak_flops=peak,
     )
 
 
-def project(measured_energy_kwh: float, measured_co2_kg: float, fraction_done: float, *,
-            elapsed_s: float | None = None, fixed_energy_kwh: float = 0.0,
-            fixed_co2_kg: float = 0.0, fixed_s: float = 0.0) -> dict[str, float]:
+def project(
+    measured_energy_kwh: float,
+    measured_co2_kg: float,
+    fraction_done: float,
+    *,
+    elapsed_s: float | None = None,
+    fixed_energy_kwh: float = 0.0,
+    fixed_co2_kg: float = 0.0,
+    fixed_s: float = 0.0,
+) -> dict[str, float]:
     """Whole-run projection from the part measured so far.
 
     ``fixed_*`` is the part of the measurement that will not grow with steps (start-up,
@@ -197,8 +227,7 @@ def grid_intensity(country_iso_code: str = "USA", region: str | None = None) -> 
     from codecarbon.external.geography import GeoMetadata
     from codecarbon.input import DataSource
 
-    geo = GeoMetadata(country_iso_code=country_iso_code.upper(),
-                      region=region.lower() if region else None)
+    geo = GeoMetadata(country_iso_code=country_iso_code.upper(), region=region.lower() if region else None)
     kg = Emissions(DataSource()).get_private_infra_emissions(Energy.from_energy(kWh=1.0), geo)
     return float(kg) * 1000.0
 
@@ -223,12 +252,24 @@ def host_power_w() -> float:
     return float(tdp) * max(1, count_physical_cpus()) + RAM(tracking_mode="machine").total_power().W
 
 
-def estimate_for_run(params: float, tokens: float, *, device: str | None = None, count: int = 1,
-                     dtype: str = DEFAULT_DTYPE, mfu: float | None = None, power_w: float | None = None,
-                     pue: float = DEFAULT_PUE, intensity: float | None = None,
-                     country_iso_code: str = "USA", region: str | None = None,
-                     n_layer: int | None = None, d_model: int | None = None,
-                     seq_len: int | None = None, flops: float | None = None) -> Estimate:
+def estimate_for_run(
+    params: float,
+    tokens: float,
+    *,
+    device: str | None = None,
+    count: int = 1,
+    dtype: str = DEFAULT_DTYPE,
+    mfu: float | None = None,
+    power_w: float | None = None,
+    pue: float = DEFAULT_PUE,
+    intensity: float | None = None,
+    country_iso_code: str = "USA",
+    region: str | None = None,
+    n_layer: int | None = None,
+    d_model: int | None = None,
+    seq_len: int | None = None,
+    flops: float | None = None,
+) -> Estimate:
     """The estimate ``train.py`` prints before a run. ``flops``, when known, replaces 6·N·D (+ attention).
 
     ``device``: a table key, a ``torch.cuda.get_device_name()`` string or "cpu"
@@ -247,9 +288,21 @@ def estimate_for_run(params: float, tokens: float, *, device: str | None = None,
         intensity = grid_intensity(country_iso_code, region)
     if mfu is None:
         mfu = DEFAULT_MFU["cpu" if key == "cpu" else "gpu"]
-    return estimate(params=params, tokens=tokens, flops=flops, accelerator=key, count=count, mfu=mfu, dtype=dtype,
-                    power_w=power_w, pue=pue, intensity=intensity, n_layer=n_layer, d_model=d_model,
-                    seq_len=seq_len)
+    return estimate(
+        params=params,
+        tokens=tokens,
+        flops=flops,
+        accelerator=key,
+        count=count,
+        mfu=mfu,
+        dtype=dtype,
+        power_w=power_w,
+        pue=pue,
+        intensity=intensity,
+        n_layer=n_layer,
+        d_model=d_model,
+        seq_len=seq_len,
+    )
 
 
 # --------------------------------------------------------------------------- formatting
@@ -286,23 +339,28 @@ def format_estimate(est: Estimate | Mapping[str, Any], title: str = "Emissions e
         lines.append(f"  compute    {d['flops']:.3g} FLOPs")
     if d.get("peak_flops") is not None:
         name = d.get("accelerator") or "?"
-        lines.append(f"  hardware   {d.get('count', 1)} x {name}, {d['peak_flops'] / 1e12:,.4g} TFLOP/s "
-                     f"{d.get('dtype', '')} peak x MFU {d.get('mfu', float('nan')):.2f}")
+        lines.append(
+            f"  hardware   {d.get('count', 1)} x {name}, {d['peak_flops'] / 1e12:,.4g} TFLOP/s "
+            f"{d.get('dtype', '')} peak x MFU {d.get('mfu', float('nan')):.2f}"
+        )
     t = f"  time       {d['accelerator_hours']:,.4g} accelerator-hours"
     if d.get("wall_hours") is not None:
         t += f" ({fmt_hours(d['wall_hours'])} wall)"
     lines.append(t)
-    lines.append(f"  energy     {fmt_energy(d['energy_kwh'])} ({d['power_w']:,.4g} W per accelerator "
-                 f"x PUE {d['pue']:.2f})")
+    lines.append(
+        f"  energy     {fmt_energy(d['energy_kwh'])} ({d['power_w']:,.4g} W per accelerator x PUE {d['pue']:.2f})"
+    )
     lines.append(f"  emissions  {fmt_co2(d['co2_kg'])} ({d['intensity_g_per_kwh']:,.4g} gCO2e/kWh)")
     return "\n".join(lines)
 
 
 def format_projection(proj: Mapping[str, Any], title: str | None = None) -> str:
     title = title or f"Emissions projection (from the first {proj['fraction_done']:.0%} of steps)"
-    lines = [title,
-             f"  measured   {fmt_energy(proj['measured_energy_kwh'])}, {fmt_co2(proj['measured_co2_kg'])}",
-             f"  whole run  {fmt_energy(proj['energy_kwh'])}, {fmt_co2(proj['co2_kg'])}"]
+    lines = [
+        title,
+        f"  measured   {fmt_energy(proj['measured_energy_kwh'])}, {fmt_co2(proj['measured_co2_kg'])}",
+        f"  whole run  {fmt_energy(proj['energy_kwh'])}, {fmt_co2(proj['co2_kg'])}",
+    ]
     if proj.get("duration_s") is not None:
         lines[-1] += f", {fmt_hours(proj['duration_s'] / 3600)}"
     return "\n".join(lines)
@@ -312,7 +370,8 @@ def format_projection(proj: Mapping[str, Any], title: str | None = None) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lmforge.emissions.estimate",
-        description="Estimate a training run's FLOPs, accelerator-hours, energy and CO2e.")
+        description="Estimate a training run's FLOPs, accelerator-hours, energy and CO2e.",
+    )
     c = p.add_argument_group("from compute")
     c.add_argument("--params", type=float, help="model parameters, e.g. 124e6")
     c.add_argument("--tokens", type=float, help="training tokens, e.g. 3e11")
@@ -328,8 +387,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator-hours", type=float, help="total accelerator-hours (instead of compute)")
     p.add_argument("--power-w", type=float, help="average watts per accelerator (default: its TDP)")
     p.add_argument("--pue", type=float, default=DEFAULT_PUE, help=f"datacenter PUE (default {DEFAULT_PUE})")
-    p.add_argument("--intensity", type=float, default=DEFAULT_INTENSITY_G_PER_KWH,
-                   help=f"grid gCO2e/kWh (default {DEFAULT_INTENSITY_G_PER_KWH:g}, world average)")
+    p.add_argument(
+        "--intensity",
+        type=float,
+        default=DEFAULT_INTENSITY_G_PER_KWH,
+        help=f"grid gCO2e/kWh (default {DEFAULT_INTENSITY_G_PER_KWH:g}, world average)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -337,12 +400,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        est = estimate(params=args.params, tokens=args.tokens, flops=args.flops,
-                       accelerator=args.accelerator, count=args.count, mfu=args.mfu,
-                       dtype=args.dtype, accelerator_hours=args.accelerator_hours,
-                       power_w=args.power_w, pue=args.pue, intensity=args.intensity,
-                       n_layer=args.n_layer, d_model=args.d_model, seq_len=args.seq_len,
-                       peak_flops=args.peak_flops)
+        est = estimate(
+            params=args.params,
+            tokens=args.tokens,
+            flops=args.flops,
+            accelerator=args.accelerator,
+            count=args.count,
+            mfu=args.mfu,
+            dtype=args.dtype,
+            accelerator_hours=args.accelerator_hours,
+            power_w=args.power_w,
+            pue=args.pue,
+            intensity=args.intensity,
+            n_layer=args.n_layer,
+            d_model=args.d_model,
+            seq_len=args.seq_len,
+            peak_flops=args.peak_flops,
+        )
     except EstimateError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

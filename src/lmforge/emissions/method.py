@@ -40,8 +40,7 @@ def describe_method(tracker: Any, last_data: Any = None) -> tuple[str, dict[str,
                 detail["cpu_tdp_w"] = tdp
                 detail["cpu_tdp_source"] = src = tdp_source(tracker, hw)
                 short["cpu"] = "CPU-load estimate" + no_rapl
-                long.append(f"CPU: load estimate, power = {tdp:g} W TDP x (0.1 + 0.9 x load^3), "
-                            f"TDP from {src}")
+                long.append(f"CPU: load estimate, power = {tdp:g} W TDP x (0.1 + 0.9 x load^3), TDP from {src}")
             elif mode == "constant":
                 detail["cpu_tdp_w"] = tdp
                 short["cpu"] = "TDP" + no_rapl
@@ -58,8 +57,10 @@ def describe_method(tracker: Any, last_data: Any = None) -> tuple[str, dict[str,
             if ram_w:
                 detail["ram_power_w"] = round(float(ram_w), 3)
             short["ram"] = "RAM " + ("constant" if forced else "model")
-            long.append(f"RAM: {'user constant' if forced else 'size-based model'}"
-                        + (f", {float(ram_w):.3g} W" if ram_w else ""))
+            long.append(
+                f"RAM: {'user constant' if forced else 'size-based model'}"
+                + (f", {float(ram_w):.3g} W" if ram_w else "")
+            )
         elif kind in ("AppleSiliconChip", "Raspberry"):
             label = "powermetrics" if kind == "AppleSiliconChip" else "Raspberry Pi PMIC"
             short[f"apple_{getattr(hw, 'chip_part', '')}"] = label

@@ -45,20 +45,32 @@ def planned_flops(net: nn.Module, builder: Any, cfg: DictConfig, trainer: L.Trai
     return float(per_micro_batch) * planned_micro_batches(cfg, trainer)
 
 
-def pre_run_estimate(cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list,
-                     flops: float | None = None) -> dict[str, Any] | None:
+def pre_run_estimate(
+    cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list, flops: float | None = None
+) -> dict[str, Any] | None:
     """Print the estimate (global rank 0) and hand it to the emissions callback for summary.json."""
     tracker = next((c for c in callbacks if getattr(c, "summary_key", None) == "emissions"), None)
     net = cfg.model.net
     kwargs = {}
     if tracker is not None:
-        kwargs = dict(country_iso_code=tracker.country_iso_code, region=tracker.region, pue=tracker.pue,
-                      intensity=tracker.intensity)
+        kwargs = dict(
+            country_iso_code=tracker.country_iso_code,
+            region=tracker.region,
+            pue=tracker.pue,
+            intensity=tracker.intensity,
+        )
     try:
         est = estimate_for_run(
-            params, planned_tokens(cfg, trainer), count=trainer.world_size, dtype=str(trainer.precision),
-            n_layer=OmegaConf.select(net, "n_layer"), d_model=OmegaConf.select(net, "d_model"),
-            seq_len=cfg.data.seq_len, flops=flops, **kwargs)
+            params,
+            planned_tokens(cfg, trainer),
+            count=trainer.world_size,
+            dtype=str(trainer.precision),
+            n_layer=OmegaConf.select(net, "n_layer"),
+            d_model=OmegaConf.select(net, "d_model"),
+            seq_len=cfg.data.seq_len,
+            flops=flops,
+            **kwargs,
+        )
     except (EstimateError, ValueError) as e:  # an estimate is advice: never block the run over it
         if trainer.is_global_zero:
             say(f"(no emissions estimate: {e})")

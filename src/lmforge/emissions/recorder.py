@@ -14,8 +14,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-TIMELINE_FIELDS = ("session", "time_s", "duration_s", "step", "phase", "energy_kwh", "co2_kg", "power_w",
-                   "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh")
+TIMELINE_FIELDS = (
+    "session",
+    "time_s",
+    "duration_s",
+    "step",
+    "phase",
+    "energy_kwh",
+    "co2_kg",
+    "power_w",
+    "cpu_energy_kwh",
+    "gpu_energy_kwh",
+    "ram_energy_kwh",
+)
 
 
 class Reading(dict):
@@ -32,8 +43,7 @@ def make_recorder(callback: Any, timeline_path: Path):
             self.latest: Reading | None = None
             self.prev: tuple[float, float] | None = None  # (time, energy) of previous sample
             self.path = timeline_path
-            self.base = {"energy_kwh": 0.0, "co2_kg": 0.0, "cpu": 0.0, "gpu": 0.0, "ram": 0.0,
-                         "duration_s": 0.0}
+            self.base = {"energy_kwh": 0.0, "co2_kg": 0.0, "cpu": 0.0, "gpu": 0.0, "ram": 0.0, "duration_s": 0.0}
             self.session = 0
             self.last_data = None
 
@@ -79,8 +89,9 @@ def make_recorder(callback: Any, timeline_path: Path):
                     w = csv.DictWriter(f, fieldnames=TIMELINE_FIELDS, extrasaction="ignore")
                     if new:
                         w.writeheader()
-                    w.writerow({k: (f"{v:.9g}" if isinstance(v, float) else ("" if v is None else v))
-                                for k, v in r.items()})
+                    w.writerow(
+                        {k: (f"{v:.9g}" if isinstance(v, float) else ("" if v is None else v)) for k, v in r.items()}
+                    )
             except OSError:
                 pass  # the timeline is a convenience; totals live in memory and emissions.csv
 
@@ -93,9 +104,14 @@ def make_recorder(callback: Any, timeline_path: Path):
         def close_session(self) -> None:
             with self.lock:
                 if self.latest is not None:
-                    self.base = {"energy_kwh": self.latest["energy_kwh"], "co2_kg": self.latest["co2_kg"],
-                                 "cpu": self.latest["cpu_energy_kwh"], "gpu": self.latest["gpu_energy_kwh"],
-                                 "ram": self.latest["ram_energy_kwh"], "duration_s": self.latest["duration_s"]}
+                    self.base = {
+                        "energy_kwh": self.latest["energy_kwh"],
+                        "co2_kg": self.latest["co2_kg"],
+                        "cpu": self.latest["cpu_energy_kwh"],
+                        "gpu": self.latest["gpu_energy_kwh"],
+                        "ram": self.latest["ram_energy_kwh"],
+                        "duration_s": self.latest["duration_s"],
+                    }
                 self.session += 1
                 self.prev = None
 

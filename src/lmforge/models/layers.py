@@ -28,8 +28,15 @@ class Attention(nn.Module):
     `scale=None` means 1/sqrt(d_head); T5 uses 1.0 (its scale is folded into the init).
     """
 
-    def __init__(self, d_model: int, n_head: int, d_head: int, bias: bool = True,
-                 scale: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        d_head: int,
+        bias: bool = True,
+        scale: float | None = None,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.n_head, self.d_head, self.scale, self.dropout = n_head, d_head, scale, dropout
         inner = n_head * d_head
@@ -73,8 +80,15 @@ class FeedForward(nn.Module):
     """Position-wise MLP: proj(act(fc(x))), or with `gated` proj(act(fc(x)) * fc_linear(x)) (GEGLU).
     `dropout` applies to the hidden activation (as T5); residual dropout is the block's business."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", gated: bool = False,
-                 bias: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "gelu",
+        gated: bool = False,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")

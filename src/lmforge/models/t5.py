@@ -51,7 +51,9 @@ class T5Config:
             )
         for key in ("pad_token_id", "decoder_start_token_id"):
             if not 0 <= getattr(self, key) < self.vocab_size:
-                raise ValueError(f"model.net.{key}={getattr(self, key)} is outside the vocabulary [0, {self.vocab_size})")
+                raise ValueError(
+                    f"model.net.{key}={getattr(self, key)} is outside the vocabulary [0, {self.vocab_size})"
+                )
 
 
 def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
@@ -61,8 +63,9 @@ def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id:
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> torch.Tensor:
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
     """Mesh-TF T5 bucketing of (key - query) distances: exact buckets for small distances,
     log-spaced ones up to max_distance, one bucket beyond. Bidirectional splits the buckets
     between the two directions; otherwise (causal) only the past counts."""
@@ -76,9 +79,14 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     max_exact = num_buckets // 2
     is_small = distance < max_exact
     # clamp(min=1) keeps log() finite; those entries take the "small" branch anyway.
-    large = max_exact + (
-        torch.log(distance.clamp(min=1).float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (
+            torch.log(distance.clamp(min=1).float() / max_exact)
+            / math.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        ).long()
+    )
     large = large.clamp(max=num_buckets - 1)
     return buckets + torch.where(is_small, distance, large)
 
@@ -136,7 +144,8 @@ class Stack(nn.Module):
         q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         buckets = relative_position_bucket(
-            k_pos - q_pos, bidirectional=not self.decoder,
+            k_pos - q_pos,
+            bidirectional=not self.decoder,
             num_buckets=self.cfg.relative_attention_num_buckets,
             max_distance=self.cfg.relative_attention_max_distance,
         )
@@ -245,8 +254,11 @@ class T5(nn.Module):
         if decoder_attention_mask is not None:
             mask = mask & padding_mask(decoder_attention_mask)
         hidden, cache = self.decoder(
-            self.shared(decoder_input_ids), mask=mask, past=past_key_values,
-            enc=encoder_hidden, enc_mask=padding_mask(encoder_attention_mask),
+            self.shared(decoder_input_ids),
+            mask=mask,
+            past=past_key_values,
+            enc=encoder_hidden,
+            enc_mask=padding_mask(encoder_attention_mask),
         )
         if self.config.tie_word_embeddings:
             hidden = hidden * self.config.d_model**-0.5  # T5 v1.0 rescales before the tied output layer

@@ -36,7 +36,9 @@ class LMObjective(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss = MeanMetric()
         self.tokens_seen = 0  # input tokens consumed in training, summed over ranks
-        self.scale_options = None  # compile, activation checkpointing, init seed: set by lmforge.train (parallel/wrap.py)
+        self.scale_options = (
+            None  # compile, activation checkpointing, init seed: set by lmforge.train (parallel/wrap.py)
+        )
 
     # -- to be provided by each objective --
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None):
@@ -102,7 +104,8 @@ class LMObjective(L.LightningModule):
                 (decay if p.dim() >= 2 else no_decay).append(p)
         wd = self.optimizer_factory.keywords.get("weight_decay", 0.0)
         optimizer = self.optimizer_factory(
-            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}])
+            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self._total_steps())
@@ -145,6 +148,7 @@ class LMObjective(L.LightningModule):
 def net_class_path(net: nn.Module) -> str:
     """The import path of the net's class. FSDP2's fully_shard swaps a module's class for a generated
     subclass (FSDP<Name>, not importable): record the first class of the MRO that can be imported back."""
-    cls = next((c for c in type(net).__mro__ if "<" not in c.__qualname__ and not c.__name__.startswith("FSDP")),
-               type(net))
+    cls = next(
+        (c for c in type(net).__mro__ if "<" not in c.__qualname__ and not c.__name__.startswith("FSDP")), type(net)
+    )
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -31,8 +31,9 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     """Mean cross-entropy of predicting labels[t+1] from position t; -100 labels are ignored."""
     targets = labels[:, 1:]
     n = int((targets != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
     return loss, n
 
 
@@ -47,9 +48,15 @@ class CausalLM(LMObjective):
         return next_token_loss(self.net(batch["input_ids"]), batch["labels"])
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Continue `input_ids` (batch, time). temperature 0 is greedy. Stops at the model's context."""
         max_new_tokens = min(max_new_tokens, self.net.max_seq_len - input_ids.size(1))
         out, cache, step_input = input_ids, None, input_ids
@@ -63,8 +70,17 @@ class CausalLM(LMObjective):
             step_input = nxt
         return out
 
-    def sample_texts(self, tokenizer, num_samples: int = 3, max_new_tokens: int = 200, temperature: float = 0.8,
-                     top_k: int | None = 50, prompt: str = "", seed: int = 0, **_) -> list[str]:
+    def sample_texts(
+        self,
+        tokenizer,
+        num_samples: int = 3,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        prompt: str = "",
+        seed: int = 0,
+        **_,
+    ) -> list[str]:
         eos = tokenizer.token_to_id(self.special_tokens["eos"])
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
         start = torch.tensor([[eos] + ids] * num_samples, device=self.device)  # start as a fresh document
@@ -73,11 +89,12 @@ class CausalLM(LMObjective):
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = self.generate(start, max_new_tokens, temperature, top_k, generator=gen)
         self.train(was_training)
-        return [prompt + tokenizer.decode(row[start.size(1):].tolist()) for row in out]
+        return [prompt + tokenizer.decode(row[start.size(1) :].tolist()) for row in out]
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One token per row from the last-position logits (batch, vocab)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)

@@ -50,7 +50,7 @@ class MaskedLMBatches:
     joinable: torch.Tensor | None = None
     seed: int | None = None  # None: a fresh mask per call (training); an int: masks fixed by the contents (val)
 
-    def for_split(self, split: str) -> "MaskedLMBatches":
+    def for_split(self, split: str) -> MaskedLMBatches:
         return self if split == "train" else replace(self, seed=VAL_SEED)
 
     def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -59,8 +59,11 @@ class MaskedLMBatches:
         ids = torch.cat([body.new_full((b, 1), self.cls_id), body, body.new_full((b, 1), self.sep_id)], dim=1)
         gen = self._generator(body, rng)
         chosen = self.choose(ids, gen)
-        return {"input_ids": self.corrupt(ids, chosen, gen), "attention_mask": torch.ones_like(ids),
-                "labels": ids.masked_fill(~chosen, IGNORE_INDEX)}
+        return {
+            "input_ids": self.corrupt(ids, chosen, gen),
+            "attention_mask": torch.ones_like(ids),
+            "labels": ids.masked_fill(~chosen, IGNORE_INDEX),
+        }
 
     def _generator(self, body: torch.Tensor, rng: np.random.Generator | None) -> torch.Generator:
         gen = torch.Generator()
@@ -143,21 +146,32 @@ class MaskedLM(LMObjective):
     name = "mlm"
     # Roles -> tokens. `pad` first, so a trained tokenizer gives it id 0 as BERT's; `eos` ([SEP])
     # separates documents in the token stream; `sep` names it for tokenizers that add [CLS] .. [SEP].
-    special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "sep": "[SEP]",
-                      "mask": "[MASK]"}
+    special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "mask": "[MASK]"}
 
-    def __init__(self, net, optimizer, scheduler=None, init_from: str | None = None, mask_prob: float = 0.15,
-                 mask_token_prob: float = 0.8, random_token_prob: float = 0.1, whole_word_mask: bool = False):
+    def __init__(
+        self,
+        net,
+        optimizer,
+        scheduler=None,
+        init_from: str | None = None,
+        mask_prob: float = 0.15,
+        mask_token_prob: float = 0.8,
+        random_token_prob: float = 0.1,
+        whole_word_mask: bool = False,
+    ):
         super().__init__(net, optimizer, scheduler, init_from=init_from)
         if not 0 < mask_prob < 1:
             raise ConfigError(f"model.mask_prob={mask_prob} must be between 0 and 1 (exclusive); BERT uses 0.15.")
         if not (0 <= mask_token_prob and 0 <= random_token_prob and mask_token_prob + random_token_prob <= 1):
-            raise ConfigError(f"model.mask_token_prob={mask_token_prob} and model.random_token_prob="
-                              f"{random_token_prob} must be >= 0 and sum to at most 1 (BERT: 0.8 and 0.1).")
+            raise ConfigError(
+                f"model.mask_token_prob={mask_token_prob} and model.random_token_prob="
+                f"{random_token_prob} must be >= 0 and sum to at most 1 (BERT: 0.8 and 0.1)."
+            )
         self.mask_prob, self.mask_token_prob, self.random_token_prob = mask_prob, mask_token_prob, random_token_prob
         self.whole_word_mask = whole_word_mask
-        self.val_acc = MulticlassAccuracy(num_classes=net.config.vocab_size, average="micro",
-                                          ignore_index=IGNORE_INDEX, validate_args=False)
+        self.val_acc = MulticlassAccuracy(
+            num_classes=net.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX, validate_args=False
+        )
         self._preview: dict[str, torch.Tensor] | None = None  # the first validation rows, for samples
 
     @classmethod
@@ -170,8 +184,11 @@ class MaskedLM(LMObjective):
         from tokenizers.processors import TemplateProcessing
 
         c, s = cls.special_tokens["cls"], cls.special_tokens["eos"]
-        return TemplateProcessing(single=f"{c} $A {s}", pair=f"{c} $A {s} $B:1 {s}:1",
-                                  special_tokens=[(c, tokenizer.token_to_id(c)), (s, tokenizer.token_to_id(s))])
+        return TemplateProcessing(
+            single=f"{c} $A {s}",
+            pair=f"{c} $A {s} $B:1 {s}:1",
+            special_tokens=[(c, tokenizer.token_to_id(c)), (s, tokenizer.token_to_id(s))],
+        )
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> MaskedLMBatches:
         if seq_len < 3:
@@ -189,10 +206,18 @@ class MaskedLM(LMObjective):
         never_t = torch.tensor(sorted(never), dtype=torch.long)
         replacement = torch.tensor([i for i in range(vocab) if i not in never], dtype=torch.long)
         return MaskedLMBatches(
-            block_len=seq_len - 2, cls_id=special_ids["cls"], sep_id=special_ids["eos"], mask_id=special_ids["mask"],
-            never_mask=never_t, replacement_ids=replacement, mask_prob=self.mask_prob,
-            mask_token_prob=self.mask_token_prob, random_token_prob=self.random_token_prob,
-            joins_previous=joins, joinable=joinable)
+            block_len=seq_len - 2,
+            cls_id=special_ids["cls"],
+            sep_id=special_ids["eos"],
+            mask_id=special_ids["mask"],
+            never_mask=never_t,
+            replacement_ids=replacement,
+            mask_prob=self.mask_prob,
+            mask_token_prob=self.mask_token_prob,
+            random_token_prob=self.random_token_prob,
+            joins_previous=joins,
+            joinable=joinable,
+        )
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
@@ -223,15 +248,19 @@ class MaskedLM(LMObjective):
         self.train(was_training)
         return logits.argmax(dim=-1).cpu()
 
-    def sample_texts(self, tokenizer, num_samples: int = 3, prompt: str = "", max_new_tokens: int = 64,
-                     **_) -> list[str]:
+    def sample_texts(
+        self, tokenizer, num_samples: int = 3, prompt: str = "", max_new_tokens: int = 64, **_
+    ) -> list[str]:
         """Fill-mask on validation snippets: what the model saw, its predictions, and the original.
         A `prompt` with [MASK] in it is filled in as well."""
         out = []
         mask_tok = self.special_tokens["mask"]
         if prompt and mask_tok in prompt:
-            ids = [tokenizer.token_to_id(self.special_tokens["cls"])] + tokenizer.encode(
-                prompt, add_special_tokens=False).ids + [tokenizer.token_to_id(self.special_tokens["eos"])]
+            ids = (
+                [tokenizer.token_to_id(self.special_tokens["cls"])]
+                + tokenizer.encode(prompt, add_special_tokens=False).ids
+                + [tokenizer.token_to_id(self.special_tokens["eos"])]
+            )
             x = torch.tensor([ids])
             pred = torch.where(x == tokenizer.token_to_id(mask_tok), self.fill_mask(x), x)
             out.append(f"input:     {prompt}\npredicted: {tokenizer.decode(pred[0, 1:-1].tolist())}")
@@ -245,8 +274,11 @@ class MaskedLM(LMObjective):
             truth = torch.where(chosen, labels, x)
             for i in range(n):
                 acc = (pred[i][chosen[i]] == truth[i][chosen[i]]).float().mean().item() if chosen[i].any() else 0.0
-                seen, filled, orig = (tokenizer.decode(t[i, 1:width].tolist(), skip_special_tokens=False)
-                                      for t in (x, pred, truth))
-                out.append(f"input:     {seen}\npredicted: {filled}\noriginal:  {orig}\n"
-                           f"({int(chosen[i].sum())} tokens masked in this example, {acc:.0%} predicted right)")
+                seen, filled, orig = (
+                    tokenizer.decode(t[i, 1:width].tolist(), skip_special_tokens=False) for t in (x, pred, truth)
+                )
+                out.append(
+                    f"input:     {seen}\npredicted: {filled}\noriginal:  {orig}\n"
+                    f"({int(chosen[i].sum())} tokens masked in this example, {acc:.0%} predicted right)"
+                )
         return out

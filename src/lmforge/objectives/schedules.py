@@ -8,8 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 100,
-                  min_lr_ratio: float = 0.1) -> LambdaLR:
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1
+) -> LambdaLR:
     """Linear warm-up from 0 to the peak lr, then cosine decay to `min_lr_ratio` x peak at `total_steps`."""
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
 

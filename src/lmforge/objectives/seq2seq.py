@@ -64,8 +64,9 @@ def _segment(n_items: int, n_segments: int, rng: np.random.Generator) -> np.ndar
     return np.bincount(np.cumsum(first))
 
 
-def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float,
-                            rng: np.random.Generator) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
+) -> np.ndarray:
     """Bool (length,): True on noise. Kept and noise spans alternate, starting with a kept one."""
     num_noise, num_spans = span_counts(length, noise_density, mean_noise_span_length)
     lengths = np.stack([_segment(length - num_noise, num_spans, rng), _segment(num_noise, num_spans, rng)], axis=1)
@@ -122,8 +123,12 @@ class PairBatches:
             input_ids[i, : len(s)] = torch.from_numpy(s)
             attention_mask[i, : len(s)] = 1
             labels[i, : len(t)] = torch.from_numpy(t)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "decoder_input_ids": shift_right(labels, self.decoder_start_id, self.pad_id)}
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "decoder_input_ids": shift_right(labels, self.decoder_start_id, self.pad_id),
+        }
         texts = [getattr(p, "target_text", None) for p in pairs]
         if all(t is not None for t in texts):
             batch["target_text"] = texts
@@ -145,7 +150,7 @@ class SpanCorruptionBatches:
     mean_noise_span_length: float = 3.0
     seed: int | None = None  # None: fresh spans per call (training); an int: fixed by the contents (val)
 
-    def for_split(self, split: str) -> "SpanCorruptionBatches":
+    def for_split(self, split: str) -> SpanCorruptionBatches:
         return self if split == "train" else replace(self, seed=VAL_SEED)
 
     def pair_collator(self, max_source_len: int, max_target_len: int) -> PairBatches:
@@ -163,8 +168,12 @@ class SpanCorruptionBatches:
             inputs.append(np.append(replace_spans(tokens, noise, self.sentinel_ids), self.eos_id))
             targets.append(np.append(replace_spans(tokens, ~noise, self.sentinel_ids), self.eos_id))
         input_ids, labels = torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
-                "decoder_input_ids": shift_right(labels, self.decoder_start_id, self.pad_id)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "labels": labels,
+            "decoder_input_ids": shift_right(labels, self.decoder_start_id, self.pad_id),
+        }
 
 
 # ------------------------------------------------------------------ the objective
@@ -173,12 +182,25 @@ class SpanCorruptionBatches:
 class Seq2SeqLM(LMObjective):
     name = "seq2seq"
     # `pad` first so a trained tokenizer gives it id 0, as T5 (which also starts decoding with it).
-    special_tokens = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>",
-                      **{f"sentinel_{i}": f"<extra_id_{i}>" for i in range(NUM_SENTINELS)}}
+    special_tokens = {
+        "pad": "<pad>",
+        "eos": "</s>",
+        "unk": "<unk>",
+        **{f"sentinel_{i}": f"<extra_id_{i}>" for i in range(NUM_SENTINELS)},
+    }
 
-    def __init__(self, net, optimizer, scheduler=None, init_from: str | None = None, noise_density: float = 0.15,
-                 mean_noise_span_length: float = 3.0, num_beams: int = 1, max_new_tokens: int = 64,
-                 length_penalty: float = 1.0):
+    def __init__(
+        self,
+        net,
+        optimizer,
+        scheduler=None,
+        init_from: str | None = None,
+        noise_density: float = 0.15,
+        mean_noise_span_length: float = 3.0,
+        num_beams: int = 1,
+        max_new_tokens: int = 64,
+        length_penalty: float = 1.0,
+    ):
         super().__init__(net, optimizer, scheduler, init_from=init_from)
         if not 0 < noise_density < 1:
             raise ConfigError(f"model.noise_density={noise_density} must be between 0 and 1 (T5: 0.15).")
@@ -205,8 +227,9 @@ class Seq2SeqLM(LMObjective):
         from tokenizers.processors import TemplateProcessing
 
         e = cls.special_tokens["eos"]
-        return TemplateProcessing(single=f"$A {e}", pair=f"$A {e} $B:1 {e}:1",
-                                  special_tokens=[(e, tokenizer.token_to_id(e))])
+        return TemplateProcessing(
+            single=f"$A {e}", pair=f"$A {e} $B:1 {e}:1", special_tokens=[(e, tokenizer.token_to_id(e))]
+        )
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> SpanCorruptionBatches:
         self.tokenizer, self.eos_id = tokenizer, special_ids["eos"]
@@ -215,14 +238,22 @@ class Seq2SeqLM(LMObjective):
         input_len, target_len = corrupted_lengths(raw, self.noise_density, self.mean_noise_span_length)
         spans = span_counts(raw, self.noise_density, self.mean_noise_span_length)[1]
         if spans > NUM_SENTINELS:
-            raise ConfigError(f"data.seq_len={seq_len} gives {spans} noise spans per example, more than the "
-                              f"{NUM_SENTINELS} sentinel tokens; lower data.seq_len or raise "
-                              "model.mean_noise_span_length.")
+            raise ConfigError(
+                f"data.seq_len={seq_len} gives {spans} noise spans per example, more than the "
+                f"{NUM_SENTINELS} sentinel tokens; lower data.seq_len or raise "
+                "model.mean_noise_span_length."
+            )
         return SpanCorruptionBatches(
-            block_len=raw, input_len=input_len, target_len=target_len, eos_id=special_ids["eos"],
-            pad_id=special_ids["pad"], decoder_start_id=self.net.config.decoder_start_token_id,
-            sentinel_ids=np.asarray(self.sentinel_ids, dtype=np.int64), noise_density=self.noise_density,
-            mean_noise_span_length=self.mean_noise_span_length)
+            block_len=raw,
+            input_len=input_len,
+            target_len=target_len,
+            eos_id=special_ids["eos"],
+            pad_id=special_ids["pad"],
+            decoder_start_id=self.net.config.decoder_start_token_id,
+            sentinel_ids=np.asarray(self.sentinel_ids, dtype=np.int64),
+            noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length,
+        )
 
     def loss(self, batch):
         labels = batch["labels"]
@@ -232,8 +263,9 @@ class Seq2SeqLM(LMObjective):
             dec = shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
         logits = self.net(batch["input_ids"], batch.get("attention_mask"), dec)
         n = int((labels != IGNORE_INDEX).sum())
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX), n
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+        ), n
 
     def validation_step(self, batch, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
@@ -254,10 +286,16 @@ class Seq2SeqLM(LMObjective):
 
     # -- decoding --
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 max_new_tokens: int | None = None, num_beams: int | None = None,
-                 length_penalty: float | None = None, eos_id: int | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        length_penalty: float | None = None,
+        eos_id: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Decoded target ids (batch, <= max_new_tokens), without the start token; rows end with eos
         (unless cut by the length) and are padded after it. Greedy with num_beams=1, else beam search
         (HF's semantics with early_stopping=True: a row is done when it has num_beams finished hypotheses,
@@ -381,18 +419,23 @@ class Seq2SeqLM(LMObjective):
             return out
         n = min(num_samples, self._preview["input_ids"].size(0))
         x, mask = self._preview["input_ids"][:n], self._preview["attention_mask"][:n]
-        pred = self.generate(x.to(self.device), mask.to(self.device),
-                             max_new_tokens=self._preview["labels"].size(1) + 8)
+        pred = self.generate(
+            x.to(self.device), mask.to(self.device), max_new_tokens=self._preview["labels"].size(1) + 8
+        )
         pairs = "target_text" in self._preview
         for i in range(n):
             src = self._strip(x[i][mask[i].bool()].tolist())
             p = self._cut(pred[i].tolist())
             t = self._strip([v for v in self._preview["labels"][i].tolist() if v != IGNORE_INDEX])
             if pairs:
-                out.append(f"source:     {tokenizer.decode(src)}\nprediction: {tokenizer.decode(p)}\n"
-                           f"reference:  {self._preview['target_text'][i]}")
+                out.append(
+                    f"source:     {tokenizer.decode(src)}\nprediction: {tokenizer.decode(p)}\n"
+                    f"reference:  {self._preview['target_text'][i]}"
+                )
             else:
-                out.append(f"input:     {tokenizer.decode(src, skip_special_tokens=False)}\n"
-                           f"predicted: {tokenizer.decode(p, skip_special_tokens=False)}\n"
-                           f"target:    {tokenizer.decode(t, skip_special_tokens=False)}")
+                out.append(
+                    f"input:     {tokenizer.decode(src, skip_special_tokens=False)}\n"
+                    f"predicted: {tokenizer.decode(p, skip_special_tokens=False)}\n"
+                    f"target:    {tokenizer.decode(t, skip_special_tokens=False)}"
+                )
         return out

@@ -38,11 +38,19 @@ class FSDP2Strategy(ModelParallelStrategy):
                            checkpoint; resumable on another world size); false: one consolidated file from rank 0
     """
 
-    def __init__(self, reshard_after_forward: bool = True, mixed_precision: str = "auto", cpu_offload: bool = False,
-                 meta_init: bool = True, save_distributed_checkpoint: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        reshard_after_forward: bool = True,
+        mixed_precision: str = "auto",
+        cpu_offload: bool = False,
+        meta_init: bool = True,
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ):
         if mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"trainer.strategy.mixed_precision={mixed_precision!r}: choose one of "
-                              f"{', '.join(MIXED_PRECISION)}.")
+            raise ConfigError(
+                f"trainer.strategy.mixed_precision={mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}."
+            )
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
         self.reshard_after_forward = bool(reshard_after_forward)
         self.mixed_precision = mixed_precision
@@ -74,12 +82,24 @@ class FSDP2Strategy(ModelParallelStrategy):
         return CPUOffloadPolicy()
 
     def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
-        fully_shard_net(net, blocks, self.device_mesh["data_parallel"], self.reshard_after_forward,
-                        self.mp_policy(precision), self.offload_policy())
+        fully_shard_net(
+            net,
+            blocks,
+            self.device_mesh["data_parallel"],
+            self.reshard_after_forward,
+            self.mp_policy(precision),
+            self.offload_policy(),
+        )
 
 
-def fully_shard_net(net: nn.Module, blocks: list[nn.Module], mesh, reshard_after_forward: bool = True,
-                    mp_policy=None, offload_policy=None) -> None:
+def fully_shard_net(
+    net: nn.Module,
+    blocks: list[nn.Module],
+    mesh,
+    reshard_after_forward: bool = True,
+    mp_policy=None,
+    offload_policy=None,
+) -> None:
     """fully_shard each transformer block (one all-gather unit each), then the root for what is left (embeddings,
     final norm, heads; tied weights stay together there). The root keeps its weights gathered from forward to
     backward, as FSDP does by default."""
@@ -88,7 +108,9 @@ def fully_shard_net(net: nn.Module, blocks: list[nn.Module], mesh, reshard_after
     # Blocks return their KV cache (views of k/v) beside the output; FSDP warns about views, but nothing in
     # lmforge writes into a block's outputs in place.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    common = dict(mesh=mesh, mp_policy=mp_policy or MixedPrecisionPolicy(), offload_policy=offload_policy or OffloadPolicy())
+    common = dict(
+        mesh=mesh, mp_policy=mp_policy or MixedPrecisionPolicy(), offload_policy=offload_policy or OffloadPolicy()
+    )
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard_after_forward, **common)
         block._lmforge_reshard_after_forward = reshard_after_forward  # restored by full_weights()

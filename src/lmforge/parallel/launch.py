@@ -23,8 +23,17 @@ from pathlib import Path
 # Environment Lightning's launcher sets in the launching process for its children.
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Hydra overrides that concern the sweep or the launching process, not the job a rank must run.
-_NOT_FOR_RANKS = ("hydra.mode=", "hydra.run.dir=", "hydra.output_subdir=", "hydra.job.name=",
-                  "hydra/launcher=", "hydra/sweeper=", "hydra.launcher.", "hydra.sweeper.", "hydra.sweep.")
+_NOT_FOR_RANKS = (
+    "hydra.mode=",
+    "hydra.run.dir=",
+    "hydra.output_subdir=",
+    "hydra.job.name=",
+    "hydra/launcher=",
+    "hydra/sweeper=",
+    "hydra.launcher.",
+    "hydra.sweeper.",
+    "hydra.sweep.",
+)
 
 
 def _quote(value: str) -> str:
@@ -42,13 +51,18 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
     if not entry.exists():
         entry = Path(sys.argv[0]).resolve()
     argv = [sys.executable, str(entry), f"--config-path={config_dir}", f"--config-name={hc.job.config_name}"]
-    argv += [f"--config-dir={path.removeprefix('file://')}" for provider, path in sources.items()
-             if provider == "command-line"]
+    argv += [
+        f"--config-dir={path.removeprefix('file://')}"
+        for provider, path in sources.items()
+        if provider == "command-line"
+    ]
     argv += [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(_NOT_FOR_RANKS)]
     argv += list(hc.overrides.task)
-    argv += [f"hydra.run.dir={_quote(hc.runtime.output_dir)}",
-             "hydra.output_subdir=null",  # rank 0 wrote .hydra/ already
-             "hydra.job_logging.root.handlers=[]"]  # train.log is rank 0's; others print only warnings
+    argv += [
+        f"hydra.run.dir={_quote(hc.runtime.output_dir)}",
+        "hydra.output_subdir=null",  # rank 0 wrote .hydra/ already
+        "hydra.job_logging.root.handlers=[]",
+    ]  # train.log is rank 0's; others print only warnings
     return argv, hc.runtime.cwd
 
 

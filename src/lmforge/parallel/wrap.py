@@ -22,8 +22,15 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
 
-COMPILE_CHOICES = {False: None, "false": None, None: None, True: "blocks", "true": "blocks", "blocks": "blocks",
-                   "model": "model"}
+COMPILE_CHOICES = {
+    False: None,
+    "false": None,
+    None: None,
+    True: "blocks",
+    "true": "blocks",
+    "blocks": "blocks",
+    "model": "model",
+}
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,10 @@ class ScaleOptions:
         if isinstance(compile_value, str):
             compile_value = compile_value.lower()
         if compile_value not in COMPILE_CHOICES:
-            raise ConfigError(f"compile={compile_value!r}: choose false, true (= blocks: each transformer block), "
-                              "blocks, or model (the whole net).")
+            raise ConfigError(
+                f"compile={compile_value!r}: choose false, true (= blocks: each transformer block), "
+                "blocks, or model (the whole net)."
+            )
         ac = cfg.get("activation_checkpointing", False)
         if not isinstance(ac, bool):
             raise ConfigError(f"activation_checkpointing={ac!r} must be true or false.")
@@ -54,8 +63,10 @@ def transformer_blocks(net: nn.Module) -> list[nn.Module]:
     blocks = getattr(net, "blocks", None)
     if isinstance(blocks, nn.ModuleList):
         return list(blocks)
-    raise ConfigError(f"{type(net).__name__} exposes no transformer blocks, which FSDP, compile=blocks and "
-                      "activation_checkpointing work on: give it a `blocks` ModuleList or a transformer_blocks() method.")
+    raise ConfigError(
+        f"{type(net).__name__} exposes no transformer blocks, which FSDP, compile=blocks and "
+        "activation_checkpointing work on: give it a `blocks` ModuleList or a transformer_blocks() method."
+    )
 
 
 def _checkpointed_forward(self: nn.Module, *args, **kwargs):
@@ -117,13 +128,24 @@ def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
 
     strategy = trainer.strategy
     # "fsdp" (trainer=fsdp), else Lightning's class name in snake case: "ddp", "single_device", ...
-    name = "fsdp" if isinstance(strategy, FSDP2Strategy) else re.sub(
-        r"(?<=[a-z])(?=[A-Z])", "_", type(strategy).__name__.removesuffix("Strategy")).lower()
+    name = (
+        "fsdp"
+        if isinstance(strategy, FSDP2Strategy)
+        else re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(strategy).__name__.removesuffix("Strategy")).lower()
+    )
     options = options or ScaleOptions()
-    facts = {"strategy": name, "num_nodes": int(trainer.num_nodes), "precision": str(trainer.precision),
-             "compile": options.compile or False, "activation_checkpointing": options.activation_checkpointing}
+    facts = {
+        "strategy": name,
+        "num_nodes": int(trainer.num_nodes),
+        "precision": str(trainer.precision),
+        "compile": options.compile or False,
+        "activation_checkpointing": options.activation_checkpointing,
+    }
     if isinstance(strategy, FSDP2Strategy):
-        facts["fsdp"] = {"reshard_after_forward": strategy.reshard_after_forward,
-                         "mixed_precision": strategy.mixed_precision, "cpu_offload": strategy.cpu_offload,
-                         "meta_init": strategy.meta_init}
+        facts["fsdp"] = {
+            "reshard_after_forward": strategy.reshard_after_forward,
+            "mixed_precision": strategy.mixed_precision,
+            "cpu_offload": strategy.cpu_offload,
+            "meta_init": strategy.meta_init,
+        }
     return facts

@@ -47,9 +47,16 @@ def build_report(paths: list[str | Path], out: str | Path, plots: bool = True) -
     (out / "report.md").write_text(to_markdown(blocks, out), encoding="utf-8")
     (out / "report.html").write_text(to_html(blocks), encoding="utf-8")
     data = {
-        "sweeps": [{"name": sw.name, "path": str(sw.path) if sw.path else None,
-                    "sweep_overrides": sw.sweep_overrides, "totals": sw.totals(),
-                    "runs": [r.to_dict() for r in sw.runs]} for sw in sweeps],
+        "sweeps": [
+            {
+                "name": sw.name,
+                "path": str(sw.path) if sw.path else None,
+                "sweep_overrides": sw.sweep_overrides,
+                "totals": sw.totals(),
+                "runs": [r.to_dict() for r in sw.runs],
+            }
+            for sw in sweeps
+        ],
         "totals": totals([r for sw in sweeps for r in sw.runs]),
         "plots": {scope: {k: str(v.relative_to(out)) for k, v in m.items()} for scope, m in made.items()},
         "files": {"markdown": "report.md", "html": "report.html"},

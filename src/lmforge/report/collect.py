@@ -88,14 +88,19 @@ def totals(runs: list[Run]) -> dict[str, Any]:
         return float(sum(vals)) if vals else None
 
     missing = sum(1 for r in runs if not r.emissions_ok)
-    return {"runs": len(runs), "wall_time_s": s("wall_time_s"), "energy_kwh": s("energy_kwh"),
-            "co2_kg": s("co2_kg"), "tokens": s("tokens"), "missing_emissions": missing}
+    return {
+        "runs": len(runs),
+        "wall_time_s": s("wall_time_s"),
+        "energy_kwh": s("energy_kwh"),
+        "co2_kg": s("co2_kg"),
+        "tokens": s("tokens"),
+        "missing_emissions": missing,
+    }
 
 
 # --------------------------------------------------------------------------- discovery
 def _is_run(p: Path) -> bool:
-    return (p / "summary.json").is_file() or (p / "emissions.csv").is_file() \
-        or (p / ".hydra" / "config.yaml").is_file()
+    return (p / "summary.json").is_file() or (p / "emissions.csv").is_file() or (p / ".hydra" / "config.yaml").is_file()
 
 
 def _natural(p: Path) -> tuple:
@@ -111,18 +116,26 @@ def discover(paths: list[str | Path]) -> list[Sweep]:
         if not p.exists():
             raise ReportError(f"{p}: no such folder; give run folders or multirun/sweep folders")
         if not p.is_dir():
-            raise ReportError(f"{p}: not a folder; give the run folder that holds summary.json, "
-                              "not the file itself")
+            raise ReportError(f"{p}: not a folder; give the run folder that holds summary.json, not the file itself")
         if _is_run(p):
             direct.append(read_run(p))
             continue
         found = _scan(p, 0, sweeps, p.resolve().parent)
         if not found:
-            raise ReportError(f"{p}: no run folders found (a run folder holds summary.json, "
-                              f"emissions.csv or .hydra/config.yaml; searched {MAX_DEPTH} levels)")
-    out = [Sweep(path=sp, name=name, runs=runs, sweep_overrides=_sweep_overrides(sp),
-                 sweep_summary=_read_json(sp / "sweep_summary.json"))
-           for sp, (name, runs) in sweeps.items()]
+            raise ReportError(
+                f"{p}: no run folders found (a run folder holds summary.json, "
+                f"emissions.csv or .hydra/config.yaml; searched {MAX_DEPTH} levels)"
+            )
+    out = [
+        Sweep(
+            path=sp,
+            name=name,
+            runs=runs,
+            sweep_overrides=_sweep_overrides(sp),
+            sweep_summary=_read_json(sp / "sweep_summary.json"),
+        )
+        for sp, (name, runs) in sweeps.items()
+    ]
     if direct:
         out.insert(0, Sweep(path=None, name="runs", runs=direct))
     for sw in out:
@@ -285,8 +298,13 @@ def read_codecarbon_csvs(folder: Path) -> dict[str, Any] | None:
         duration = max(duration, node_dur)
     if not seen:
         return None
-    return {"energy_kwh": energy, "co2_kg": co2, "duration_s": duration or None,
-            "power_w": energy * 3.6e6 / duration if duration else None, "partial": partial}
+    return {
+        "energy_kwh": energy,
+        "co2_kg": co2,
+        "duration_s": duration or None,
+        "power_w": energy * 3.6e6 / duration if duration else None,
+        "partial": partial,
+    }
 
 
 def _read_timeline(run: Run) -> None:

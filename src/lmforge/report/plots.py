@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.report.collect import Run, ReportError
+from lmforge.report.collect import ReportError, Run
 
 
 def _plt():
@@ -14,8 +14,9 @@ def _plt():
         matplotlib.use("Agg")  # files only; never open a window
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ReportError("plots need matplotlib: pip install 'lmforge[report]' "
-                          "(or pass --no-plots for tables only)") from None
+        raise ReportError(
+            "plots need matplotlib: pip install 'lmforge[report]' (or pass --no-plots for tables only)"
+        ) from None
     return plt
 
 
@@ -47,8 +48,7 @@ def plot_loss_vs_co2(runs: list[Run], path: Path) -> Path | None:
     ax.step(fx, fy, where="post", color="tab:red", zorder=2, label="Pareto front")
     ax.scatter(fx, fy, facecolors="none", edgecolors="tab:red", s=120, zorder=4)
     for i in front:
-        ax.annotate(_short(pts[i][2].label, 28), (xs[i], ys[i]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=7)
+        ax.annotate(_short(pts[i][2].label, 28), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 6), fontsize=7)
     if min(xs) > 0 and max(xs) / min(xs) > 100:
         ax.set_xscale("log")
     ax.set_xlabel("kgCO2e")
@@ -82,8 +82,7 @@ def plot_power(runs: list[Run], path: Path, max_lines: int = 20) -> Path | None:
     span = max(t for r in series for t, _ in r.timeline)
     scale, unit = (60.0, "min") if span > 300 else (1.0, "s")
     for r in series:
-        ax.plot([t / scale for t, _ in r.timeline], [w for _, w in r.timeline], lw=1.2,
-                label=_short(r.label, 30))
+        ax.plot([t / scale for t, _ in r.timeline], [w for _, w in r.timeline], lw=1.2, label=_short(r.label, 30))
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("power (W)")
     ax.set_ylim(bottom=0)

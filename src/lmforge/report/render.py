@@ -15,8 +15,21 @@ from lmforge.report.collect import Run, Sweep, totals
 
 Block = tuple  # ("h1"|"h2"|"p"|"table"|"img", ...)
 
-RUN_HEADERS = ["run", "objective", "model", "params", "tokens", "wall time", "val loss", "val ppl",
-               "kWh", "kgCO2e", "gCO2e/Mtok", "method", "notes"]
+RUN_HEADERS = [
+    "run",
+    "objective",
+    "model",
+    "params",
+    "tokens",
+    "wall time",
+    "val loss",
+    "val ppl",
+    "kWh",
+    "kgCO2e",
+    "gCO2e/Mtok",
+    "method",
+    "notes",
+]
 TOTAL_HEADERS = ["scope", "runs", "wall time", "tokens", "kWh", "kgCO2e", "missing emissions"]
 
 
@@ -51,47 +64,82 @@ def run_row(r: Run) -> list[str]:
     notes = "; ".join(r.notes)
     if r.emissions_ok and r.emissions_source != "summary.json" and not notes:
         notes = f"from {r.emissions_source}"
-    return [r.name, r.objective or "–", r.model or "–", _count(r.params), _count(r.tokens),
-            _dur(r.wall_time_s), _g(r.val_loss), _g(r.val_ppl), _g(r.energy_kwh), _g(r.co2_kg),
-            _g(r.g_per_mtok), r.method or "–", ("⚠ " + notes) if notes else ""]
+    return [
+        r.name,
+        r.objective or "–",
+        r.model or "–",
+        _count(r.params),
+        _count(r.tokens),
+        _dur(r.wall_time_s),
+        _g(r.val_loss),
+        _g(r.val_ppl),
+        _g(r.energy_kwh),
+        _g(r.co2_kg),
+        _g(r.g_per_mtok),
+        r.method or "–",
+        ("⚠ " + notes) if notes else "",
+    ]
 
 
 def total_row(scope: str, t: dict[str, Any]) -> list[str]:
     miss = t["missing_emissions"]
-    return [scope, str(t["runs"]), _dur(t["wall_time_s"]), _count(t["tokens"]), _g(t["energy_kwh"]),
-            _g(t["co2_kg"]), (f"⚠ {miss} (totals are partial)" if miss else "0")]
+    return [
+        scope,
+        str(t["runs"]),
+        _dur(t["wall_time_s"]),
+        _count(t["tokens"]),
+        _g(t["energy_kwh"]),
+        _g(t["co2_kg"]),
+        (f"⚠ {miss} (totals are partial)" if miss else "0"),
+    ]
 
 
 def build_blocks(sweeps: list[Sweep], plots: dict[str, dict[str, Path]], sources: list[str]) -> list[Block]:
     all_runs = [r for sw in sweeps for r in sw.runs]
     blocks: list[Block] = [
         ("h1", "lmforge report: cost of runs"),
-        ("p", f"Generated {datetime.now():%Y-%m-%d %H:%M} from {', '.join(sources)}. "
-              "Energy and CO2e are as measured by CodeCarbon (see each run's method); "
-              "⚠ marks runs with missing or partial data."),
+        (
+            "p",
+            f"Generated {datetime.now():%Y-%m-%d %H:%M} from {', '.join(sources)}. "
+            "Energy and CO2e are as measured by CodeCarbon (see each run's method); "
+            "⚠ marks runs with missing or partial data.",
+        ),
         ("h2", "Totals"),
-        ("table", TOTAL_HEADERS, [total_row(sw.name, sw.totals()) for sw in sweeps]
-         + ([total_row("all", totals(all_runs))] if len(sweeps) > 1 else [])),
+        (
+            "table",
+            TOTAL_HEADERS,
+            [total_row(sw.name, sw.totals()) for sw in sweeps]
+            + ([total_row("all", totals(all_runs))] if len(sweeps) > 1 else []),
+        ),
     ]
     for sw in sweeps:
         blocks.append(("h2", f"Sweep {sw.name}" if sw.path else "Runs"))
         if sw.path:
-            blocks.append(("p", f"Folder: {sw.path}"
-                                + (f". Sweep: {' '.join(sw.sweep_overrides)}" if sw.sweep_overrides else "")))
+            blocks.append(
+                ("p", f"Folder: {sw.path}" + (f". Sweep: {' '.join(sw.sweep_overrides)}" if sw.sweep_overrides else ""))
+            )
         if sw.sweep_summary:
             scal = {k: v for k, v in sw.sweep_summary.items() if isinstance(v, (str, int, float, bool))}
             if scal:
                 blocks.append(("p", "sweep_summary.json: " + ", ".join(f"{k}={v}" for k, v in scal.items())))
         rows = [run_row(r) for r in sw.runs]
-        rows.append(["**total**"] + [""] * 4 + [_dur(sw.totals()["wall_time_s"])] + [""] * 2
-                    + [_g(sw.totals()["energy_kwh"]), _g(sw.totals()["co2_kg"])] + [""] * 3)
+        rows.append(
+            ["**total**"]
+            + [""] * 4
+            + [_dur(sw.totals()["wall_time_s"])]
+            + [""] * 2
+            + [_g(sw.totals()["energy_kwh"]), _g(sw.totals()["co2_kg"])]
+            + [""] * 3
+        )
         blocks.append(("table", RUN_HEADERS, rows))
         labelled = [r for r in sw.runs if r.label != r.name]
         if labelled:
             blocks.append(("p", "Configurations: " + "; ".join(f"{r.name} = {r.label}" for r in labelled)))
-    titles = {"loss_vs_co2": "Validation loss vs kgCO2e (Pareto front in red)",
-              "energy_per_token": "Energy per token by configuration",
-              "power": "Power over time"}
+    titles = {
+        "loss_vs_co2": "Validation loss vs kgCO2e (Pareto front in red)",
+        "energy_per_token": "Energy per token by configuration",
+        "power": "Power over time",
+    }
     for scope, made in plots.items():
         if made:
             blocks.append(("h2", f"Plots: {scope}"))
@@ -141,11 +189,12 @@ def to_html(blocks: list[Block]) -> str:
         elif b[0] == "table":
             _, headers, rows = b
             head = "".join(f"<th>{e(h)}</th>" for h in headers)
-            trs = "".join("<tr>" + "".join(f"<td>{e(c.replace('**', ''))}</td>" for c in row) + "</tr>"
-                          for row in rows)
+            trs = "".join("<tr>" + "".join(f"<td>{e(c.replace('**', ''))}</td>" for c in row) + "</tr>" for row in rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
         elif b[0] == "img":
             data = base64.b64encode(Path(b[2]).read_bytes()).decode("ascii")
-            body.append(f"<h3>{e(b[1])}</h3><img alt=\"{e(b[1])}\" src=\"data:image/png;base64,{data}\">")
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lmforge report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+            body.append(f'<h3>{e(b[1])}</h3><img alt="{e(b[1])}" src="data:image/png;base64,{data}">')
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>lmforge report</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )

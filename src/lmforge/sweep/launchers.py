@@ -50,7 +50,7 @@ class LocalLauncher:
             return {}
         if len(self.gpus) >= self.n_jobs:
             per = len(self.gpus) // self.n_jobs
-            return {"CUDA_VISIBLE_DEVICES": ",".join(self.gpus[slot * per:(slot + 1) * per])}
+            return {"CUDA_VISIBLE_DEVICES": ",".join(self.gpus[slot * per : (slot + 1) * per])}
         if "OMP_NUM_THREADS" in os.environ:
             return {}
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

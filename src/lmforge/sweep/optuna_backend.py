@@ -60,10 +60,16 @@ def open_study(spec: SweepSpec):
     import optuna
 
     optuna.logging.set_verbosity(logging.ERROR)  # sweep.py reports trials (and their failures) itself
-    storage = optuna.storages.RDBStorage(storage_url(spec.dir),
-                                         engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
-                                load_if_exists=True, pruner=make_pruner(spec.pruner))
+    storage = optuna.storages.RDBStorage(
+        storage_url(spec.dir), engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    )
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,
+        load_if_exists=True,
+        pruner=make_pruner(spec.pruner),
+    )
     return study, storage
 
 
@@ -80,8 +86,12 @@ def _recover(study, storage) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
-        if (t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.user_attrs.get("launched")
-                and t.number not in retried):
+        if (
+            t.state == TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.user_attrs.get("launched")
+            and t.number not in retried
+        ):
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
@@ -100,8 +110,11 @@ def _nothing_works(study) -> bool:
     stop rather than spend the whole budget on the same error."""
     from optuna.trial import TrialState
 
-    ended = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("launched")
-             and t.state != TrialState.RUNNING and not t.user_attrs.get("interrupted")]
+    ended = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("launched") and t.state != TrialState.RUNNING and not t.user_attrs.get("interrupted")
+    ]
     failed = sum(t.state == TrialState.FAIL for t in ended) + 1  # + the trial failing now
     return failed >= FAILURES_BEFORE_ABORT and failed == len(ended) + 1
 
@@ -110,9 +123,12 @@ def finished_count(study) -> int:
     """Trials that used up budget: completed, pruned, or failed on their own (not interrupted)."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.user_attrs.get("launched") and not t.user_attrs.get("interrupted")))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.user_attrs.get("launched") and not t.user_attrs.get("interrupted"))
+    )
 
 
 def budget(spec: SweepSpec) -> int:
@@ -137,8 +153,10 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
     if remaining <= 0:
         runner.say(f"Sweep '{spec.name}' is complete ({budget(spec)} trials); nothing to run.")
         return
-    runner.say(f"Sweep '{spec.name}': {remaining} of {budget(spec)} trials to run, {spec.n_jobs} at a time "
-               f"({spec.backend}, pruner {spec.pruner['name'] if spec.pruning else 'none'}); folder {spec.dir}")
+    runner.say(
+        f"Sweep '{spec.name}': {remaining} of {budget(spec)} trials to run, {spec.n_jobs} at a time "
+        f"({spec.backend}, pruner {spec.pruner['name'] if spec.pruning else 'none'}); folder {spec.dir}"
+    )
 
     def objective(trial) -> float:
         if runner.stopping.is_set():
@@ -153,9 +171,19 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
         trial.set_user_attr("overrides", overrides)
         if spec.pruning:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / TRIAL_FILE).write_text(json.dumps(
-                {"storage": storage_url(spec.dir), "study_name": spec.name, "trial_number": trial.number,
-                 "monitor": spec.pruner.get("monitor", "val/loss"), "pruner": spec.pruner}, indent=1) + "\n")
+            (run_dir / TRIAL_FILE).write_text(
+                json.dumps(
+                    {
+                        "storage": storage_url(spec.dir),
+                        "study_name": spec.name,
+                        "trial_number": trial.number,
+                        "monitor": spec.pruner.get("monitor", "val/loss"),
+                        "pruner": spec.pruner,
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
         trial.set_user_attr("launched", True)
         outcome = runner.run(trial.number, overrides, [PRUNING_OVERRIDE] if spec.pruning else [])
         if outcome.status == "completed":
@@ -177,8 +205,9 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
 
     with runner.stop_on_signals():
         try:
-            study.optimize(objective, n_trials=remaining, n_jobs=spec.n_jobs, catch=(TrialFailed,),
-                           callbacks=[stop_when_asked])
+            study.optimize(
+                objective, n_trials=remaining, n_jobs=spec.n_jobs, catch=(TrialFailed,), callbacks=[stop_when_asked]
+            )
         except SweepInterrupted:
             pass
     if runner.stopping.is_set():
@@ -197,7 +226,15 @@ def trial_records(spec: SweepSpec) -> list[dict[str, Any]]:
         if not t.user_attrs.get("launched"):
             continue
         state = states.get(t.state) or ("interrupted" if t.user_attrs.get("interrupted") else "failed")
-        records.append({"number": t.number, "run_dir": t.user_attrs.get("run_dir"), "state": state,
-                        "overrides": t.user_attrs.get("overrides", []), "params": dict(t.params),
-                        "retry_of": t.user_attrs.get("retry_of"), "error": t.user_attrs.get("error")})
+        records.append(
+            {
+                "number": t.number,
+                "run_dir": t.user_attrs.get("run_dir"),
+                "state": state,
+                "overrides": t.user_attrs.get("overrides", []),
+                "params": dict(t.params),
+                "retry_of": t.user_attrs.get("retry_of"),
+                "error": t.user_attrs.get("error"),
+            }
+        )
     return records

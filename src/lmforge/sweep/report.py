@@ -47,12 +47,19 @@ def plot_metric_vs_params(spec: SweepSpec, trials: list[dict[str, Any]], path: P
             if not sel:
                 continue
             xs = [labels.index(str(t["params"][p.key])) if categorical and labels else t["params"][p.key] for t in sel]
-            ax.scatter(xs, [t["value"] for t in sel], color=COLORS[state], label=state, zorder=3,
-                       facecolors="none" if state != "completed" else COLORS[state])
+            ax.scatter(
+                xs,
+                [t["value"] for t in sel],
+                color=COLORS[state],
+                label=state,
+                zorder=3,
+                facecolors="none" if state != "completed" else COLORS[state],
+            )
         if best_t is not None and p.key in best_t["params"]:
             bx = labels.index(str(best_t["params"][p.key])) if categorical and labels else best_t["params"][p.key]
-            ax.scatter([bx], [best_t["value"]], marker="*", s=220, color="gold", edgecolors="black", zorder=4,
-                       label="best")
+            ax.scatter(
+                [bx], [best_t["value"]], marker="*", s=220, color="gold", edgecolors="black", zorder=4, label="best"
+            )
         if categorical and labels:
             ax.set_xticks(range(len(labels)), labels, rotation=20)
         elif p.log:
@@ -79,7 +86,9 @@ def plot_history(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> P
     for state in COLORS:
         sel = [t for t in pts if t["state"] == state]
         if sel:
-            ax.scatter([t["number"] for t in sel], [t["value"] for t in sel], color=COLORS[state], label=state, zorder=3)
+            ax.scatter(
+                [t["number"] for t in sel], [t["value"] for t in sel], color=COLORS[state], label=state, zorder=3
+            )
     pick = min if spec.direction == "minimize" else max
     xs, ys, best = [], [], None
     for t in pts:
@@ -111,24 +120,67 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _blocks(spec: SweepSpec, summary: dict[str, Any], plots: dict[str, Path], emissions_report: str | None) -> list:
     t, best = summary["totals"], summary.get("best")
-    blocks: list[tuple] = [("h1", f"Sweep '{spec.name}'"),
-                           ("p", f"{spec.backend} search of {spec.metric} ({spec.direction}) in {spec.dir}; "
-                                 f"status {summary['status']}.")]
-    blocks.append(("table", ["trials", "completed", "pruned", "failed", "interrupted", "wall time (s)", "tokens",
-                             "energy (kWh)", "CO2e (kg)"],
-                   [[t["trials"], t["completed"], t["pruned"], t["failed"], t["interrupted"], _fmt(t["wall_time_s"]),
-                     _fmt(t["tokens"]), _fmt(t["energy_kwh"]), _fmt(t["co2_kg"])]]))
+    blocks: list[tuple] = [
+        ("h1", f"Sweep '{spec.name}'"),
+        ("p", f"{spec.backend} search of {spec.metric} ({spec.direction}) in {spec.dir}; status {summary['status']}."),
+    ]
+    blocks.append(
+        (
+            "table",
+            [
+                "trials",
+                "completed",
+                "pruned",
+                "failed",
+                "interrupted",
+                "wall time (s)",
+                "tokens",
+                "energy (kWh)",
+                "CO2e (kg)",
+            ],
+            [
+                [
+                    t["trials"],
+                    t["completed"],
+                    t["pruned"],
+                    t["failed"],
+                    t["interrupted"],
+                    _fmt(t["wall_time_s"]),
+                    _fmt(t["tokens"]),
+                    _fmt(t["energy_kwh"]),
+                    _fmt(t["co2_kg"]),
+                ]
+            ],
+        )
+    )
     if t["trials"] and t["trials_with_emissions"] < t["trials"]:
-        blocks.append(("p", f"Emissions totals cover the {t['trials_with_emissions']} of {t['trials']} trials whose "
-                            "run folders measured them."))
+        blocks.append(
+            (
+                "p",
+                f"Emissions totals cover the {t['trials_with_emissions']} of {t['trials']} trials whose "
+                "run folders measured them.",
+            )
+        )
     if best:
-        blocks += [("h2", "Best trial"),
-                   ("p", f"trial {best['number']}: {spec.metric} = {_fmt(best['value'], 6)}"),
-                   ("code", best["command"]), ("code", best["experiment_command"])]
+        blocks += [
+            ("h2", "Best trial"),
+            ("p", f"trial {best['number']}: {spec.metric} = {_fmt(best['value'], 6)}"),
+            ("code", best["command"]),
+            ("code", best["experiment_command"]),
+        ]
     keys = [p.key for p in spec.space]
-    rows = [[tr["number"], tr["state"], *[_fmt(tr["params"].get(k)) for k in keys], _fmt(tr["value"]),
-             _fmt(tr["steps"]), _fmt(tr["wall_time_s"], 3), _fmt((tr.get("emissions") or {}).get("co2_kg"))]
-            for tr in summary["trials"]]
+    rows = [
+        [
+            tr["number"],
+            tr["state"],
+            *[_fmt(tr["params"].get(k)) for k in keys],
+            _fmt(tr["value"]),
+            _fmt(tr["steps"]),
+            _fmt(tr["wall_time_s"], 3),
+            _fmt((tr.get("emissions") or {}).get("co2_kg")),
+        ]
+        for tr in summary["trials"]
+    ]
     blocks += [("h2", "Trials"), ("table", ["trial", "state", *keys, spec.metric, "steps", "time (s)", "kgCO2e"], rows)]
     for title, p in plots.items():
         blocks += [("h2", title), ("img", p)]
@@ -160,10 +212,12 @@ def _to_markdown(blocks: list, out: Path) -> str:
 
 def _to_html(blocks: list) -> str:
     e = html.escape
-    parts = ["<!doctype html><meta charset='utf-8'><title>sweep</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}pre{background:#f4f4f4;padding:8px;"
-             "white-space:pre-wrap}</style>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>sweep</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}pre{background:#f4f4f4;padding:8px;"
+        "white-space:pre-wrap}</style>",
+    ]
     for b in blocks:
         if b[0] in ("h1", "h2"):
             parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
@@ -202,8 +256,10 @@ def write_report(spec: SweepSpec, summary: dict[str, Any]) -> Path:
     note = emissions_report(spec.dir, out)
     plots: dict[str, Path] = {}
     try:
-        for title, fn, name in (("Metric by parameter", plot_metric_vs_params, "sweep_params.png"),
-                                ("Search history", plot_history, "sweep_history.png")):
+        for title, fn, name in (
+            ("Metric by parameter", plot_metric_vs_params, "sweep_params.png"),
+            ("Search history", plot_history, "sweep_history.png"),
+        ):
             p = fn(spec, summary["trials"], out / "plots" / name)
             if p is not None:
                 plots[title] = p

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
@@ -29,8 +30,10 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another sweep.py is running in {sweep_dir} (it holds {sweep_dir / LOCK_FILE}); "
-                              "wait for it, or give this sweep its own sweep.name.") from None
+            raise ConfigError(
+                f"another sweep.py is running in {sweep_dir} (it holds {sweep_dir / LOCK_FILE}); "
+                "wait for it, or give this sweep its own sweep.name."
+            ) from None
         try:
             yield
         finally:
@@ -52,8 +55,17 @@ def folder_records(spec: SweepSpec) -> list[dict[str, Any]]:
         overrides = [o.input_line for o in mine]
         params = {o.key_or_group: o.value() for o in mine}
         state = s.get("status") or "running"
-        records.append({"number": number, "run_dir": d.name, "state": state, "overrides": overrides,
-                        "params": params, "retry_of": None, "error": s.get("error")})
+        records.append(
+            {
+                "number": number,
+                "run_dir": d.name,
+                "state": state,
+                "overrides": overrides,
+                "params": params,
+                "retry_of": None,
+                "error": s.get("error"),
+            }
+        )
     return records
 
 
@@ -98,16 +110,22 @@ def _print_result(spec: SweepSpec, summary: dict[str, Any]) -> None:
     counts = ", ".join(f"{t[s]} {s}" for s in ("completed", "pruned", "failed", "interrupted") if t[s])
     print(f"\nSweep '{spec.name}' {summary['status']}: {t['trials']} trials ({counts or 'none'}).")
     if t.get("co2_kg") is not None:
-        print(f"Cost of the sweep: {t['energy_kwh']:.4g} kWh, {t['co2_kg']:.4g} kgCO2e "
-              f"({t['trials_with_emissions']} of {t['trials']} trials measured).")
+        print(
+            f"Cost of the sweep: {t['energy_kwh']:.4g} kWh, {t['co2_kg']:.4g} kgCO2e "
+            f"({t['trials_with_emissions']} of {t['trials']} trials measured)."
+        )
     best = summary.get("best")
     if best:
-        print(f"Best: trial {best['number']}, {spec.metric}={best['value']:.6g}: {' '.join(best['overrides'])}\n"
-              f"  {best['command']}\n  {best['experiment_command']}")
+        print(
+            f"Best: trial {best['number']}, {spec.metric}={best['value']:.6g}: {' '.join(best['overrides'])}\n"
+            f"  {best['command']}\n  {best['experiment_command']}"
+        )
     if summary["status"] == "interrupted":
         print("Interrupted: re-run the same command to finish the sweep (finished trials are kept).")
     if summary["status"] == "failed":
-        print(f"Stopped: {summary.get('error')}.\nFix it and re-run the command (the failed trials count "
-              "against sweep.n_trials; a new sweep.name starts afresh).")
+        print(
+            f"Stopped: {summary.get('error')}.\nFix it and re-run the command (the failed trials count "
+            "against sweep.n_trials; a new sweep.name starts afresh)."
+        )
     print(f"Sweep folder: {spec.dir}  ({SUMMARY_FILE}{', report/sweep.html' if summary.get('report') else ''})")
     sys.stdout.flush()

@@ -25,8 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import ConfigError
 
-GRAMMAR = ("choice(a, b, ...), range(start, stop[, step]), interval(low, high), int(interval(low, high)), "
-           "tag(log, interval(low, high))")
+GRAMMAR = (
+    "choice(a, b, ...), range(start, stop[, step]), interval(low, high), int(interval(low, high)), "
+    "tag(log, interval(low, high))"
+)
 
 Value = Any  # None | bool | int | float | str
 
@@ -49,8 +51,10 @@ class Param:
         if self.kind == "choice":
             return list(self.choices)
         if self.step is None:
-            raise ConfigError(f"sweep.params.{self.key} is a continuous interval; a grid needs a finite set: "
-                              f"use choice(...) or range(start, stop, step).")
+            raise ConfigError(
+                f"sweep.params.{self.key} is a continuous interval; a grid needs a finite set: "
+                f"use choice(...) or range(start, stop, step)."
+            )
         n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         values = [self.low + i * self.step for i in range(n)]
         return [int(v) for v in values] if self.kind == "int" else [round(v, 12) for v in values]
@@ -87,8 +91,10 @@ def parse_param(key: str, expr: Any, groups: set[str] | frozenset[str] = frozens
     except HydraException as e:
         raise ConfigError(f"{where} does not parse ({e}); accepted: {GRAMMAR}.") from None
     if not override.is_sweep_override():
-        raise ConfigError(f"{where} is a single value, not a range; searched keys need {GRAMMAR}. "
-                          "A value for every trial goes in sweep.overrides or on the command line.")
+        raise ConfigError(
+            f"{where} is a single value, not a range; searched keys need {GRAMMAR}. "
+            "A value for every trial goes in sweep.overrides or on the command line."
+        )
     sweep = override.value()
     log = "log" in sweep.tags
     is_group = key in groups
@@ -129,13 +135,16 @@ def _flatten(items: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def parse_space(params: DictConfig | dict | None, cfg: DictConfig | None = None,
-                groups: set[str] | frozenset[str] = frozenset()) -> list[Param]:
+def parse_space(
+    params: DictConfig | dict | None, cfg: DictConfig | None = None, groups: set[str] | frozenset[str] = frozenset()
+) -> list[Param]:
     """All `sweep.params`; with `cfg` (the composed train config), check that each key exists, so a typo
     stops the sweep before the first trial rather than failing every trial."""
     if not params:
-        raise ConfigError("sweep.params is empty: an hparams_search config names the keys to search, e.g. "
-                          "sweep.params: {model.optimizer.lr: 'tag(log, interval(1e-4, 1e-2))'}.")
+        raise ConfigError(
+            "sweep.params is empty: an hparams_search config names the keys to search, e.g. "
+            "sweep.params: {model.optimizer.lr: 'tag(log, interval(1e-4, 1e-2))'}."
+        )
     items = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params)
     space = [parse_param(k, v, groups) for k, v in _flatten(items).items()]
     if cfg is not None:
@@ -144,8 +153,10 @@ def parse_space(params: DictConfig | dict | None, cfg: DictConfig | None = None,
             if p.key.startswith("+") or p.is_group:
                 continue
             if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                raise ConfigError(f"sweep.params.{p.key}: no key '{key}' in the train config; check the spelling "
-                                  f"(or write '+{key}' to add a new key).")
+                raise ConfigError(
+                    f"sweep.params.{p.key}: no key '{key}' in the train config; check the spelling "
+                    f"(or write '+{key}' to add a new key)."
+                )
     return space
 
 

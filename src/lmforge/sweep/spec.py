@@ -66,8 +66,14 @@ class SweepSpec:
 
     def identity(self) -> dict[str, Any]:
         """What makes two invocations the same sweep; n_trials, n_jobs, launcher and report may change."""
-        return {"name": self.name, "backend": self.backend, "metric": self.metric, "direction": self.direction,
-                "space": {p.key: p.describe() for p in self.space}, "trial_overrides": self.trial_overrides}
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "metric": self.metric,
+            "direction": self.direction,
+            "space": {p.key: p.describe() for p in self.space},
+            "trial_overrides": self.trial_overrides,
+        }
 
     def train_command(self, overrides: list[str]) -> list[str]:
         """`python train.py ...` for the given trial overrides (after the shared ones)."""
@@ -109,8 +115,9 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
     s = cfg.sweep
     name = str(s.name or "")
     if not name or "/" in name:
-        raise ConfigError(f"sweep.name={s.name!r}: give a non-empty name without '/' (it names the sweep folder "
-                          "and the W&B group).")
+        raise ConfigError(
+            f"sweep.name={s.name!r}: give a non-empty name without '/' (it names the sweep folder and the W&B group)."
+        )
     backend = _choice(cfg, "sweep.backend", BACKENDS)
     n_trials = s.n_trials
     if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
@@ -128,7 +135,7 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
     groups = {g for g in hydra_cfg.runtime.choices if not g.startswith("hydra/")} - {"hparams_search"}
     space = parse_space(s.params, cfg, groups)
     if not any(p.is_group for p in space):  # the shared part of every trial's config: check it once, here
-        check_config(cfg)                    # (with a group searched, trials differ too much to check here)
+        check_config(cfg)  # (with a group searched, trials differ too much to check here)
     cli = [o for o in hydra_cfg.overrides.task if not is_sweep_override(o)]
     cli_keys = {_key_of(o) for o in cli}
     fixed = [str(o) for o in (s.overrides or []) if _key_of(str(o)) not in cli_keys]  # the command line wins
@@ -136,16 +143,33 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
     for o in fixed + cli:
         if _key_of(o) in searched:
             raise ConfigError(f"override '{o}' sets a key that sweep.params searches; remove one of them.")
-    config_dirs = [src.path.removeprefix("file://") for src in hydra_cfg.runtime.config_sources
-                   if src.provider == "command-line" and src.schema == "file"]
+    config_dirs = [
+        src.path.removeprefix("file://")
+        for src in hydra_cfg.runtime.config_sources
+        if src.provider == "command-line" and src.schema == "file"
+    ]
     return SweepSpec(
-        name=name, dir=Path(str(s.dir)).absolute(), backend=backend, metric=str(s.metric),
-        direction=_choice(cfg, "sweep.direction", DIRECTIONS), n_trials=n_trials, n_jobs=int(s.n_jobs),
-        seed=int(s.seed), sampler=sampler, pruner=pruner, space=space, trial_overrides=fixed + cli,
-        train_script=train_script, config_dirs=config_dirs, groups=sorted(groups),
-        optional_groups=_optional_groups(hydra_cfg), concurrent_overrides=_concurrent_overrides(cfg, fixed + cli),
+        name=name,
+        dir=Path(str(s.dir)).absolute(),
+        backend=backend,
+        metric=str(s.metric),
+        direction=_choice(cfg, "sweep.direction", DIRECTIONS),
+        n_trials=n_trials,
+        n_jobs=int(s.n_jobs),
+        seed=int(s.seed),
+        sampler=sampler,
+        pruner=pruner,
+        space=space,
+        trial_overrides=fixed + cli,
+        train_script=train_script,
+        config_dirs=config_dirs,
+        groups=sorted(groups),
+        optional_groups=_optional_groups(hydra_cfg),
+        concurrent_overrides=_concurrent_overrides(cfg, fixed + cli),
         launcher=OmegaConf.to_container(s.launcher, resolve=True) if s.get("launcher") else {},
-        wandb=OmegaConf.to_container(s.wandb, resolve=True) if s.get("wandb") else {}, report=bool(s.report))
+        wandb=OmegaConf.to_container(s.wandb, resolve=True) if s.get("wandb") else {},
+        report=bool(s.report),
+    )
 
 
 def check_same_sweep(spec: SweepSpec) -> None:
@@ -157,8 +181,10 @@ def check_same_sweep(spec: SweepSpec) -> None:
         diff = sorted(k for k in mine if mine[k] != theirs.get(k))
         if diff:
             detail = "; ".join(f"{k}: was {theirs.get(k)!r}, now {mine[k]!r}" for k in diff)
-            raise ConfigError(f"{spec.dir} holds a different sweep ({detail}). Re-run the original command to "
-                              f"resume it, or give this one its own folder: sweep.name=<new name> (or sweep.dir=...).")
+            raise ConfigError(
+                f"{spec.dir} holds a different sweep ({detail}). Re-run the original command to "
+                f"resume it, or give this one its own folder: sweep.name=<new name> (or sweep.dir=...)."
+            )
         return
     spec.dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(mine, indent=1) + "\n")

@@ -41,9 +41,17 @@ def enrich(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any
             s = read_summary(run_dir) if run_dir else {}
         except (OSError, ValueError):
             s = {}
-        trials.append({**r, "value": metric_value(s, spec.metric) if s else None, "status": s.get("status"),
-                       "steps": s.get("steps"), "tokens": s.get("tokens"), "wall_time_s": s.get("wall_time_s"),
-                       "emissions": _emissions(s)})
+        trials.append(
+            {
+                **r,
+                "value": metric_value(s, spec.metric) if s else None,
+                "status": s.get("status"),
+                "steps": s.get("steps"),
+                "tokens": s.get("tokens"),
+                "wall_time_s": s.get("wall_time_s"),
+                "emissions": _emissions(s),
+            }
+        )
     return trials
 
 
@@ -64,10 +72,15 @@ def _total(trials: list[dict[str, Any]], key: str, section: str | None = None) -
 
 def totals(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Sums over every trial that ran (pruned and failed ones cost energy too)."""
-    return {"trials": len(trials), **{s: sum(t["state"] == s for t in trials) for s in STATES},
-            "wall_time_s": _total(trials, "wall_time_s"), "tokens": _total(trials, "tokens"),
-            "energy_kwh": _total(trials, "energy_kwh", "emissions"), "co2_kg": _total(trials, "co2_kg", "emissions"),
-            "trials_with_emissions": sum(1 for t in trials if t.get("emissions"))}
+    return {
+        "trials": len(trials),
+        **{s: sum(t["state"] == s for t in trials) for s in STATES},
+        "wall_time_s": _total(trials, "wall_time_s"),
+        "tokens": _total(trials, "tokens"),
+        "energy_kwh": _total(trials, "energy_kwh", "emissions"),
+        "co2_kg": _total(trials, "co2_kg", "emissions"),
+        "trials_with_emissions": sum(1 for t in trials if t.get("emissions")),
+    }
 
 
 def best_command(spec: SweepSpec, best: dict[str, Any]) -> str:
@@ -115,16 +128,25 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: str,
-                      error: str | None = None) -> dict[str, Any]:
+def write_sweep_files(
+    spec: SweepSpec, records: list[dict[str, Any]], status: str, error: str | None = None
+) -> dict[str, Any]:
     """Write sweep_summary.json (+ the best trial's command and experiment); return the summary."""
     trials = enrich(spec, records)
     best = best_trial(trials, spec.direction)
     summary: dict[str, Any] = {
-        "name": spec.name, "status": status, "dir": str(spec.dir), "backend": spec.backend,
-        "metric": spec.metric, "direction": spec.direction, "n_trials": spec.n_trials,
-        "space": spec_dict(spec)["space"], "trial_overrides": spec.trial_overrides,
-        "totals": totals(trials), "best": None, "trials": trials,
+        "name": spec.name,
+        "status": status,
+        "dir": str(spec.dir),
+        "backend": spec.backend,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "n_trials": spec.n_trials,
+        "space": spec_dict(spec)["space"],
+        "trial_overrides": spec.trial_overrides,
+        "totals": totals(trials),
+        "best": None,
+        "trials": trials,
     }
     if error:
         summary["error"] = error
@@ -133,13 +155,22 @@ def write_sweep_files(spec: SweepSpec, records: list[dict[str, Any]], status: st
         exp_path.parent.mkdir(parents=True, exist_ok=True)
         _write(exp_path, experiment_yaml(spec, best))
         command = best_command(spec, best)
-        _write(spec.dir / BEST_COMMAND_FILE, f"#!/bin/sh\n# best trial of sweep '{spec.name}': trial {best['number']}, "
-                                             f"{spec.metric}={best['value']:.6g}\n{command}\n")
-        summary["best"] = {"number": best["number"], "value": best["value"], "overrides": best["overrides"],
-                           "params": best.get("params"), "run_dir": best["run_dir"], "command": command,
-                           "experiment": str(exp_path.relative_to(spec.dir)),
-                           "experiment_command": f"python {spec.train_script.name} --config-dir {spec.dir} "
-                                                 f"experiment={experiment_name(spec)}"}
+        _write(
+            spec.dir / BEST_COMMAND_FILE,
+            f"#!/bin/sh\n# best trial of sweep '{spec.name}': trial {best['number']}, "
+            f"{spec.metric}={best['value']:.6g}\n{command}\n",
+        )
+        summary["best"] = {
+            "number": best["number"],
+            "value": best["value"],
+            "overrides": best["overrides"],
+            "params": best.get("params"),
+            "run_dir": best["run_dir"],
+            "command": command,
+            "experiment": str(exp_path.relative_to(spec.dir)),
+            "experiment_command": f"python {spec.train_script.name} --config-dir {spec.dir} "
+            f"experiment={experiment_name(spec)}",
+        }
     save_summary(spec, summary)
     return summary
 

@@ -9,10 +9,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lmforge.summary import read_summary
 from lmforge.sweep.space import format_value
@@ -61,8 +62,12 @@ class TrialRunner:
         run_dir = self.spec.dir / trial_dir_name(number)
         if self.spec.n_jobs > 1 and self.spec.launcher.get("name", "local") == "local":
             extra = [*extra, *self.spec.concurrent_overrides]
-        cmd = [sys.executable, *self.spec.train_command(overrides)[1:], *extra,
-               f"hydra.run.dir={format_value(str(run_dir))}"]
+        cmd = [
+            sys.executable,
+            *self.spec.train_command(overrides)[1:],
+            *extra,
+            f"hydra.run.dir={format_value(str(run_dir))}",
+        ]
         self.say(f"[trial {number}] {' '.join(overrides)}")
         started = time.time()
         rc = self.launcher.run(cmd, run_dir, self.env())
@@ -78,14 +83,19 @@ class TrialRunner:
         try:
             summary = read_summary(run_dir)
         except (OSError, ValueError):
-            return Outcome("failed", None, f"exit status {rc}, no summary.json: {_last_line(run_dir / 'console.log')} "
-                                           f"(see {run_dir / 'console.log'})")
+            return Outcome(
+                "failed",
+                None,
+                f"exit status {rc}, no summary.json: {_last_line(run_dir / 'console.log')} "
+                f"(see {run_dir / 'console.log'})",
+            )
         status = summary.get("status")
         value = metric_value(summary, self.spec.metric)
         if status == "completed" and value is None:
             known = ", ".join(sorted(summary.get("metrics", {}))) or "none"
-            return Outcome("failed", None, f"summary.json has no metric '{self.spec.metric}' (sweep.metric); "
-                                           f"it has: {known}")
+            return Outcome(
+                "failed", None, f"summary.json has no metric '{self.spec.metric}' (sweep.metric); it has: {known}"
+            )
         if status in ("completed", "pruned", "interrupted"):
             return Outcome(status, value)
         return Outcome("failed", None, summary.get("error") or f"exit status {rc}; see {run_dir / 'console.log'}")
@@ -93,6 +103,7 @@ class TrialRunner:
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
         """Ctrl-C or SIGTERM: stop launching, stop running trials gracefully (they write summary.json)."""
+
         def handler(signum, frame):
             if not self.stopping.is_set():
                 self.say(f"Stopping the sweep ({signal.Signals(signum).name}); re-run the same command to continue.")

@@ -32,8 +32,10 @@ def wandb_parameter(p: Param, grid: bool = False) -> dict[str, Any]:
     if grid or p.kind == "choice":
         values = p.grid()
         if any(v is None for v in values):
-            raise ConfigError(f"sweep.params.{p.key}: W&B passes values as text and cannot send null; "
-                              "drop null from the choices for sweep.backend=wandb.")
+            raise ConfigError(
+                f"sweep.params.{p.key}: W&B passes values as text and cannot send null; "
+                "drop null from the choices for sweep.backend=wandb."
+            )
         return {"values": values}
     if p.kind == "int":
         if p.log:
@@ -60,8 +62,11 @@ def _early_terminate(spec: SweepSpec) -> dict[str, Any] | None:
     if spec.pruner.get("name") != "hyperband":
         return None
     # W&B counts iterations as times the metric was logged: one per validation here.
-    return {"type": "hyperband", "min_iter": int(spec.wandb.get("min_iter", 2)),
-            "eta": int(spec.pruner.get("reduction_factor", 3))}
+    return {
+        "type": "hyperband",
+        "min_iter": int(spec.wandb.get("min_iter", 2)),
+        "eta": int(spec.pruner.get("reduction_factor", 3)),
+    }
 
 
 def sweep_config(spec: SweepSpec) -> dict[str, Any]:
@@ -74,7 +79,9 @@ def sweep_config(spec: SweepSpec) -> dict[str, Any]:
     # Hydra resolves ${oc.env:WANDB_RUN_ID} in the trial, where the agent has set it: one folder per run.
     command += [*spec.trial_overrides, f"hydra.run.dir={spec.dir}/trial_${{oc.env:WANDB_RUN_ID}}", "${args_no_hyphens}"]
     config: dict[str, Any] = {
-        "name": spec.name, "program": str(spec.train_script), "method": method,
+        "name": spec.name,
+        "program": str(spec.train_script),
+        "method": method,
         "metric": {"name": spec.metric, "goal": spec.direction},
         "parameters": {p.key: wandb_parameter(p, grid=method == "grid") for p in spec.space},
         "command": command,
@@ -99,7 +106,8 @@ def write_config(spec: SweepSpec) -> dict[str, Any]:
     config = sweep_config(spec)
     spec.dir.mkdir(parents=True, exist_ok=True)
     (spec.dir / CONFIG_FILE).write_text(
-        "# W&B sweep config written by sweep.py (sweep.backend=wandb)\n" + OmegaConf.to_yaml(OmegaConf.create(config)))
+        "# W&B sweep config written by sweep.py (sweep.backend=wandb)\n" + OmegaConf.to_yaml(OmegaConf.create(config))
+    )
     return config
 
 
@@ -115,11 +123,13 @@ def run_wandb_sweep(spec: SweepSpec, runner: TrialRunner, remaining: int) -> boo
     sweep_id = spec.wandb.get("sweep_id") or (id_file.read_text().strip() if id_file.exists() else None)
     if not spec.wandb.get("create", True) or not wandb_api_key_configured():
         why = "sweep.wandb.create=false" if not spec.wandb.get("create", True) else "no W&B API key"
-        runner.say(f"W&B sweep config: {spec.dir / CONFIG_FILE} ({why}, so nothing was created).\n"
-                   "Create the sweep and start agents anywhere that shares this folder:\n"
-                   f"  wandb sweep --project {project} {spec.dir / CONFIG_FILE}\n"
-                   f"  wandb agent --count {remaining} <entity>/{project}/<sweep id>\n"
-                   "then re-run this command with sweep.wandb.sweep_id=<sweep id> to run agents here or summarise.")
+        runner.say(
+            f"W&B sweep config: {spec.dir / CONFIG_FILE} ({why}, so nothing was created).\n"
+            "Create the sweep and start agents anywhere that shares this folder:\n"
+            f"  wandb sweep --project {project} {spec.dir / CONFIG_FILE}\n"
+            f"  wandb agent --count {remaining} <entity>/{project}/<sweep id>\n"
+            "then re-run this command with sweep.wandb.sweep_id=<sweep id> to run agents here or summarise."
+        )
         return False
     import wandb
 

@@ -8,8 +8,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, run_dir_from_output, run_train
+
 from lmforge.data.corpus import TextFiles
 from lmforge.data.datamodule import LMDataModule
 from lmforge.data.loading import ResumableSampler
@@ -27,8 +27,15 @@ class RandomMaskBatches(PackedCausalBatches):
 
 
 def make_dm(corpus, cache, seed=0, num_workers=0, builder=None) -> LMDataModule:
-    dm = LMDataModule(corpus=TextFiles(str(corpus)), tokenizer=TokenizerSpec("bpe", 300), cache_dir=str(cache),
-                      seq_len=16, batch_size=4, seed=seed, num_workers=num_workers)
+    dm = LMDataModule(
+        corpus=TextFiles(str(corpus)),
+        tokenizer=TokenizerSpec("bpe", 300),
+        cache_dir=str(cache),
+        seq_len=16,
+        batch_size=4,
+        seed=seed,
+        num_workers=num_workers,
+    )
     dm.build({"eos": "<|endoftext|>"})
     dm.set_batch_builder(builder or PackedCausalBatches(16))
     return dm
@@ -105,11 +112,22 @@ def test_random_batch_builders_get_a_per_batch_rng_independent_of_workers(text_c
 
 
 def test_train_resumed_mid_epoch_sees_the_same_batches_as_an_uninterrupted_run(text_corpus):
-    ckpt = ["+callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.model_checkpoint.save_top_k=-1",
-            "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.filename='step{step}'",
-            "callbacks.model_checkpoint.save_last=false"]
-    base = [*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer.max_steps=16",
-            "trainer.val_check_interval=8", "callbacks.samples.max_new_tokens=2"]
+    ckpt = [
+        "+callbacks.model_checkpoint.every_n_train_steps=5",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.model_checkpoint.filename='step{step}'",
+        "callbacks.model_checkpoint.save_last=false",
+    ]
+    base = [
+        *TINY,
+        "data=text",
+        f"data.path={text_corpus}",
+        "logger=csv",
+        "trainer.max_steps=16",
+        "trainer.val_check_interval=8",
+        "callbacks.samples.max_new_tokens=2",
+    ]
     full = run_train([*base, *ckpt])
     assert full.returncode == 0, full.stderr[-3000:]
     full_dir = run_dir_from_output(full.stdout)
@@ -146,9 +164,20 @@ def test_lightning_keeps_our_sampler_under_ddp_and_each_rank_takes_its_share(tex
 @pytest.mark.distributed
 def test_ddp_ranks_build_the_cache_once_and_train_on_their_shares(text_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))  # a cold cache: both ranks start building
-    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer=ddp",
-                      "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=6",
-                      "trainer.val_check_interval=3", "callbacks.samples.max_new_tokens=2"])
+    proc = run_train(
+        [
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "logger=csv",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            "callbacks.samples.max_new_tokens=2",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

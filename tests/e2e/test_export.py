@@ -12,14 +12,16 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, run_dir_from_output, run_train
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-FAMILIES = {"gpt_tiny": ("clm", "AutoModelForCausalLM"), "bert_tiny": ("mlm", "AutoModelForMaskedLM"),
-            "t5_tiny": ("seq2seq", "AutoModelForSeq2SeqLM")}
+FAMILIES = {
+    "gpt_tiny": ("clm", "AutoModelForCausalLM"),
+    "bert_tiny": ("mlm", "AutoModelForMaskedLM"),
+    "t5_tiny": ("seq2seq", "AutoModelForSeq2SeqLM"),
+}
 
 
 def tiny(model: str) -> list[str]:
@@ -31,8 +33,7 @@ def runs(text_corpus):
     """One tiny run per family; 10 steps, so last.ckpt holds the weights of the final validation."""
     out = {}
     for model in FAMILIES:
-        proc = run_train([*tiny(model), "data=text", f"data.path={text_corpus}", "trainer.max_steps=10",
-                          "logger=csv"])
+        proc = run_train([*tiny(model), "data=text", f"data.path={text_corpus}", "trainer.max_steps=10", "logger=csv"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[model] = run_dir_from_output(proc.stdout)
     return out
@@ -54,8 +55,14 @@ def test_bert_and_t5_train_end_to_end(runs, model):
 
 
 def export(ckpt, out) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmforge.export", str(ckpt), str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge.export", str(ckpt), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +95,11 @@ def test_exported_folder_loads_in_transformers_with_the_same_logits(runs, export
     text = "the king and the queen speak"
     plain = ours.encode(text, add_special_tokens=False).ids
     ids = tok(text)["input_ids"]
-    expected = {"gpt_tiny": plain, "bert_tiny": [ours.token_to_id("[CLS]"), *plain, ours.token_to_id("[SEP]")],
-                "t5_tiny": [*plain, ours.token_to_id("</s>")]}[model]
+    expected = {
+        "gpt_tiny": plain,
+        "bert_tiny": [ours.token_to_id("[CLS]"), *plain, ours.token_to_id("[SEP]")],
+        "t5_tiny": [*plain, ours.token_to_id("</s>")],
+    }[model]
     assert ids == expected, "the exported tokenizer must encode as the model was trained"
 
     x = torch.tensor([ids])
@@ -110,9 +120,18 @@ def test_export_errors_are_clear(tmp_path):
 
 def test_init_from_an_exported_folder_starts_from_its_weights(runs, exported, text_corpus):
     first = json.loads((runs["bert_tiny"] / "summary.json").read_text())
-    proc = run_train([*tiny("bert_tiny"), "data=text", f"data.path={text_corpus}", "trainer.max_steps=1",
-                      "model.optimizer.lr=1e-9", "model.net.n_layer=5", "logger=csv",
-                      f"model.init_from={exported['bert_tiny']}"])
+    proc = run_train(
+        [
+            *tiny("bert_tiny"),
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=1",
+            "model.optimizer.lr=1e-9",
+            "model.net.n_layer=5",
+            "logger=csv",
+            f"model.init_from={exported['bert_tiny']}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = run_dir_from_output(proc.stdout)
     s = json.loads((run_dir / "summary.json").read_text())
@@ -140,9 +159,17 @@ def test_init_from_refuses_another_family_and_another_tokenizer(runs, exported, 
     with pytest.raises(ConfigError, match="holds a BERT checkpoint.*use model=bert"):
         load_init_net(compose(["model=gpt_tiny", *data, f"model.init_from={exported['bert_tiny']}"]))
     with pytest.raises(ConfigError, match="different vocabulary"):
-        load_init_net(compose(["model=bert_tiny", *data, "tokenizer=pretrained",
-                               f"tokenizer.path={runs['gpt_tiny'] / 'tokenizer.json'}",
-                               f"model.init_from={exported['bert_tiny']}"]))
+        load_init_net(
+            compose(
+                [
+                    "model=bert_tiny",
+                    *data,
+                    "tokenizer=pretrained",
+                    f"tokenizer.path={runs['gpt_tiny'] / 'tokenizer.json'}",
+                    f"model.init_from={exported['bert_tiny']}",
+                ]
+            )
+        )
     with pytest.raises(ConfigError, match="no config.json"):
         load_init_net(compose(["model=bert_tiny", *data, f"model.init_from={tmp_path}"]))
     with pytest.raises(ConfigError, match="max_seq_len=64"):  # the folder's context, not model=bert's 256
@@ -158,9 +185,19 @@ def test_a_sharded_fsdp_checkpoint_exports_too(text_corpus, tmp_path):
     from lmforge.export import export as export_folder
     from lmforge.export import net_from_checkpoint, read_checkpoint
 
-    proc = run_train([*tiny("bert_tiny"), "data=text", f"data.path={text_corpus}", "trainer.max_steps=10",
-                      "logger=csv", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
-                      "trainer.precision=32-true"])
+    proc = run_train(
+        [
+            *tiny("bert_tiny"),
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=10",
+            "logger=csv",
+            "trainer=fsdp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = run_dir_from_output(proc.stdout) / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir()  # one shard per rank

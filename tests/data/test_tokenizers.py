@@ -20,8 +20,7 @@ GPT = {"eos": "<|endoftext|>"}
 @pytest.fixture(scope="module")
 def text():
     rng = random.Random(0)
-    words = ("The king's queen spoke, and lords answered: 'Sweet night!' Love, death; blood 1599 "
-             "naïve café").split(" ")
+    words = ("The king's queen spoke, and lords answered: 'Sweet night!' Love, death; blood 1599 naïve café").split(" ")
     seps = [" ", " ", " ", "\n", "  ", "\n\n", ". "]
     return "".join(rng.choice(words) + rng.choice(seps) for _ in range(6000))
 
@@ -54,7 +53,9 @@ def test_wordpiece_suits_bert(text, tmp_path):
     assert tok.encode("ʘ", add_special_tokens=False).ids == [unk]
     assert any(t.startswith("##") for t in tok.get_vocab())
     lower = train("wordpiece", BERT, text, tmp_path / "lower", lowercase=True)
-    assert lower.encode("KING", add_special_tokens=False).tokens == lower.encode("king", add_special_tokens=False).tokens
+    assert (
+        lower.encode("KING", add_special_tokens=False).tokens == lower.encode("king", add_special_tokens=False).tokens
+    )
 
 
 def test_unigram_suits_t5(text, tmp_path):

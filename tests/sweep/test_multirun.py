@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import run_train
 from test_sweep import trial_args
 
@@ -27,8 +26,8 @@ def wandb_run_record(run_dir: Path):
         if left < 7:  # block trailer
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk  # 1 full, 2 first, 3 middle, 4 last
         if kind in (1, 4):
             record = pb.Record()
@@ -41,8 +40,9 @@ def wandb_run_record(run_dir: Path):
 def test_2x2_grid_basic_launcher_one_wandb_run_per_job_grouped_by_the_multirun(text_corpus, tmp_path):
     multirun_dir = tmp_path / "mr"
     args = [a for a in trial_args(text_corpus) if not a.startswith("logger=")]  # the default logger: W&B offline
-    proc = run_train(["-m", *args, "model.optimizer.lr=1e-3,3e-3", "data.batch_size=4,8",
-                      f"hydra.sweep.dir={multirun_dir}"])
+    proc = run_train(
+        ["-m", *args, "model.optimizer.lr=1e-3,3e-3", "data.batch_size=4,8", f"hydra.sweep.dir={multirun_dir}"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(d for d in multirun_dir.iterdir() if d.is_dir())
     assert [d.name for d in jobs] == ["0", "1", "2", "3"]
@@ -50,8 +50,12 @@ def test_2x2_grid_basic_launcher_one_wandb_run_per_job_grouped_by_the_multirun(t
     for d in jobs:
         s = json.loads((d / "summary.json").read_text())
         assert s["status"] == "completed" and s["steps"] == 6
-        seen.add((next(o for o in s["overrides"] if o.startswith("model.optimizer.lr=")),
-                  next(o for o in s["overrides"] if o.startswith("data.batch_size="))))
+        seen.add(
+            (
+                next(o for o in s["overrides"] if o.startswith("model.optimizer.lr=")),
+                next(o for o in s["overrides"] if o.startswith("data.batch_size=")),
+            )
+        )
         run = wandb_run_record(d)
         assert run.run_group == multirun_dir.name and run.job_type == "clm"
         run_ids.add(run.run_id)
@@ -60,11 +64,21 @@ def test_2x2_grid_basic_launcher_one_wandb_run_per_job_grouped_by_the_multirun(t
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(text_corpus, tmp_path):
     multirun_dir = tmp_path / "mr"
-    proc = run_train(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *trial_args(text_corpus),
-                      "model.optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={multirun_dir}"])
+    proc = run_train(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *trial_args(text_corpus),
+            "model.optimizer.lr=1e-3,3e-3",
+            f"hydra.sweep.dir={multirun_dir}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads((multirun_dir / n / "summary.json").read_text()) for n in ("0", "1")]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
-    assert {o for s in summaries for o in s["overrides"] if o.startswith("model.optimizer.lr=")} == \
-        {"model.optimizer.lr=0.001", "model.optimizer.lr=0.003"}
+    assert {o for s in summaries for o in s["overrides"] if o.startswith("model.optimizer.lr=")} == {
+        "model.optimizer.lr=0.001",
+        "model.optimizer.lr=0.003",
+    }
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr

@@ -25,23 +25,65 @@ NETS = {
     "gpt": lambda: GPT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16),
     "gpt-nobias": lambda: GPT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16, bias=False, mlp_ratio=2),
     "bert": lambda: BERT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=24),
-    "t5-v1.0": lambda: T5(vocab_size=V, d_model=16, d_kv=4, d_ff=24, n_layer=2, n_decoder_layer=3, n_head=3,
-                          relative_attention_num_buckets=8, relative_attention_max_distance=12),
-    "t5-v1.1": lambda: T5(vocab_size=V, d_model=16, d_kv=4, d_ff=24, n_layer=2, n_decoder_layer=1, n_head=3,
-                          feed_forward="gated-gelu", tie_word_embeddings=False,
-                          relative_attention_num_buckets=8, relative_attention_max_distance=12),
+    "t5-v1.0": lambda: T5(
+        vocab_size=V,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        n_layer=2,
+        n_decoder_layer=3,
+        n_head=3,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=12,
+    ),
+    "t5-v1.1": lambda: T5(
+        vocab_size=V,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        n_layer=2,
+        n_decoder_layer=1,
+        n_head=3,
+        feed_forward="gated-gelu",
+        tie_word_embeddings=False,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=12,
+    ),
 }
 HF_MODELS = {
-    "gpt": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2, n_inner=48)),
-    "bert": lambda: transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-        max_position_embeddings=16, type_vocab_size=3)),
-    "t5-v1.0": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=V, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=1, num_heads=2)),
-    "t5-v1.1": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=V, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=2, num_heads=2,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=16)),
+    "gpt": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2, n_inner=48)
+    ),
+    "bert": lambda: transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=V,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=24,
+            max_position_embeddings=16,
+            type_vocab_size=3,
+        )
+    ),
+    "t5-v1.0": lambda: transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=V, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=1, num_heads=2
+        )
+    ),
+    "t5-v1.1": lambda: transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=V,
+            d_model=16,
+            d_kv=4,
+            d_ff=24,
+            num_layers=1,
+            num_decoder_layers=2,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            relative_attention_num_buckets=16,
+        )
+    ),
 }
 AUTO = {"gpt": "AutoModelForCausalLM", "bert": "AutoModelForMaskedLM", "t5": "AutoModelForSeq2SeqLM"}
 
@@ -81,8 +123,10 @@ def logits_both(net, hf):
             return net(x), hf(x).logits
         if isinstance(net, BERT):
             return net(x, mask, tt), hf(x, attention_mask=mask, token_type_ids=tt).logits
-        return (net(x, mask, y, dmask),
-                hf(input_ids=x, attention_mask=mask, decoder_input_ids=y, decoder_attention_mask=dmask).logits)
+        return (
+            net(x, mask, y, dmask),
+            hf(input_ids=x, attention_mask=mask, decoder_input_ids=y, decoder_attention_mask=dmask).logits,
+        )
 
 
 def max_diff(net, hf) -> float:
@@ -98,8 +142,11 @@ def test_lmforge_to_hf_parity(family):
     assert max_diff(net, hf) <= TOL
     # The comparison is live: one wrong weight shows up far above the tolerance.
     with torch.no_grad():
-        next(p for n, p in hf.named_parameters() if n.endswith("layer_norm.weight") or n.endswith("ln_2.weight")
-             or n.endswith("output.LayerNorm.weight")).mul_(1.5)
+        next(
+            p
+            for n, p in hf.named_parameters()
+            if n.endswith("layer_norm.weight") or n.endswith("ln_2.weight") or n.endswith("output.LayerNorm.weight")
+        ).mul_(1.5)
     assert max_diff(net, hf) > 100 * TOL
 
 
@@ -141,8 +188,16 @@ def test_t5_cached_greedy_decoding_matches_hf_generate():
         for _ in range(7):
             ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             logits, cache = net.decode(ids[:, -1:], enc, mask, past_key_values=cache, use_cache=True)
-        ref = hf.generate(input_ids=x, attention_mask=mask, max_new_tokens=7, do_sample=False, num_beams=1,
-                          decoder_start_token_id=0, eos_token_id=None, pad_token_id=0)
+        ref = hf.generate(
+            input_ids=x,
+            attention_mask=mask,
+            max_new_tokens=7,
+            do_sample=False,
+            num_beams=1,
+            decoder_start_token_id=0,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     assert torch.equal(ids, ref)
 
 
@@ -220,9 +275,16 @@ def test_tokenizer_larger_than_model_is_refused(tmp_path):
 
 
 def test_unsupported_checkpoints_are_refused(tmp_path):
-    bert = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
-        hidden_act="relu"))
+    bert = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=V,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=24,
+            hidden_act="relu",
+        )
+    )
     with pytest.raises(ValueError, match="hidden_act"):
         from_hf(bert)
     with pytest.raises(TypeError, match="BertForMaskedLM"):

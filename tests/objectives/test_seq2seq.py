@@ -16,8 +16,15 @@ from torch.utils.data import DataLoader
 from lmforge.data.pairs import TokenPair
 from lmforge.models.t5 import T5
 from lmforge.objectives.schedules import warmup_cosine
-from lmforge.objectives.seq2seq import (IGNORE_INDEX, NUM_SENTINELS, Seq2SeqLM, corrupted_lengths, raw_length_for,
-                                        span_counts, uncorrupt)
+from lmforge.objectives.seq2seq import (
+    IGNORE_INDEX,
+    NUM_SENTINELS,
+    Seq2SeqLM,
+    corrupted_lengths,
+    raw_length_for,
+    span_counts,
+    uncorrupt,
+)
 
 SPECIAL = {"pad": 0, "eos": 1, "unk": 2, **{f"sentinel_{i}": 3 + i for i in range(NUM_SENTINELS)}}
 FIRST = 3 + NUM_SENTINELS  # first ordinary token id
@@ -25,10 +32,24 @@ V = FIRST + 40
 
 
 def objective(vocab: int = V, lr: float = 3e-3, **kw) -> Seq2SeqLM:
-    net = T5(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, n_layer=2, n_head=4, dropout=0.0, max_seq_len=64,
-             relative_attention_num_buckets=16, relative_attention_max_distance=32)
-    return Seq2SeqLM(net=net, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
-                     scheduler=functools.partial(warmup_cosine, warmup_steps=30), **kw)
+    net = T5(
+        vocab_size=vocab,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        n_layer=2,
+        n_head=4,
+        dropout=0.0,
+        max_seq_len=64,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
+    )
+    return Seq2SeqLM(
+        net=net,
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
+        scheduler=functools.partial(warmup_cosine, warmup_steps=30),
+        **kw,
+    )
 
 
 def test_lengths_match_hf_compute_input_and_target_lengths():
@@ -76,8 +97,10 @@ def test_validation_spans_are_fixed_training_spans_fresh():
 
 def test_pairs_are_padded_dynamically_and_truncated():
     collate = objective().batch_builder(32, SPECIAL).pair_collator(max_source_len=6, max_target_len=4)
-    pairs = [TokenPair(np.array([110, 111]), np.array([120]), "a"),
-             TokenPair(np.arange(110, 120), np.arange(120, 130), "b")]
+    pairs = [
+        TokenPair(np.array([110, 111]), np.array([120]), "a"),
+        TokenPair(np.arange(110, 120), np.arange(120, 130), "b"),
+    ]
     batch = collate(pairs)
     assert batch["input_ids"].tolist() == [[110, 111, 1, 0, 0, 0], [110, 111, 112, 113, 114, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
@@ -146,9 +169,18 @@ def test_decoding_matches_hf_generate(beams):
     eos = FIRST + 7  # a frequent-enough token, so some hypotheses finish early
     ours = model.generate(x, mask, max_new_tokens=10, num_beams=beams, eos_id=eos)
     with torch.no_grad():
-        ref = hf.generate(input_ids=x, attention_mask=mask, max_new_tokens=10, num_beams=beams, do_sample=False,
-                          early_stopping=True, length_penalty=1.0, decoder_start_token_id=0, eos_token_id=eos,
-                          pad_token_id=0)[:, 1:]
+        ref = hf.generate(
+            input_ids=x,
+            attention_mask=mask,
+            max_new_tokens=10,
+            num_beams=beams,
+            do_sample=False,
+            early_stopping=True,
+            length_penalty=1.0,
+            decoder_start_token_id=0,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )[:, 1:]
     width = max(ours.size(1), ref.size(1))
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.size(1)), value=0)  # noqa: E731
     assert torch.equal(pad(ours), pad(ref))
@@ -198,9 +230,18 @@ def test_seq2seq_learns_to_reverse_sequences(tmp_path, one_thread):
     train = DataLoader(reversal_pairs(20000, seed=1), batch_size=64, shuffle=True, collate_fn=collate)
     val_pairs = reversal_pairs(200, seed=2)
     val = DataLoader(val_pairs, batch_size=100, collate_fn=collate)
-    trainer = L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        val_check_interval=600, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=600,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        val_check_interval=600,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, train, val)
     batch = collate(val_pairs)
     pred = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=12)

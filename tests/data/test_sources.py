@@ -25,8 +25,9 @@ def texts(text_corpus):
 
 
 def build(corpus, cache) -> LMDataModule:
-    dm = LMDataModule(corpus=corpus, tokenizer=TokenizerSpec("bpe", 300), cache_dir=str(cache), seq_len=16,
-                      batch_size=4)
+    dm = LMDataModule(
+        corpus=corpus, tokenizer=TokenizerSpec("bpe", 300), cache_dir=str(cache), seq_len=16, batch_size=4
+    )
     dm.build(EOS)
     dm.set_batch_builder(PackedCausalBatches(16))
     return dm
@@ -84,12 +85,15 @@ def test_jsonl_dotted_field(tmp_path):
     assert [(d.id, d.text) for d in docs] == [("a.jsonl:1", "hello"), ("a.jsonl:3", "world")]
 
 
-@pytest.mark.parametrize("content,expected", [
-    (b'{"text": "ok"}\n{"body": "no text field"}\n', ["a.jsonl:2", "no field 'text'", "'body'"]),
-    (b'{"text": "ok"}\n{"text": "ok"}\n{"text": broken\n', ["a.jsonl:3", "not a JSON object"]),
-    (b'{"text": "ok"}\n{"text": 42}\n', ["a.jsonl:2", "int"]),
-    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', ["a.jsonl", "line 2", "offset 28", "data.corpus.errors=replace"]),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b'{"text": "ok"}\n{"body": "no text field"}\n', ["a.jsonl:2", "no field 'text'", "'body'"]),
+        (b'{"text": "ok"}\n{"text": "ok"}\n{"text": broken\n', ["a.jsonl:3", "not a JSON object"]),
+        (b'{"text": "ok"}\n{"text": 42}\n', ["a.jsonl:2", "int"]),
+        (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', ["a.jsonl", "line 2", "offset 28", "data.corpus.errors=replace"]),
+    ],
+)
 def test_jsonl_bad_lines_are_named(tmp_path, content, expected):
     (tmp_path / "a.jsonl").write_bytes(content)
     with pytest.raises(DataError) as err:

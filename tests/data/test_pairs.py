@@ -7,9 +7,9 @@ import json
 import random
 
 import pytest
+from conftest import TINY, WORDS, run_dir_from_output, run_train
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from conftest import TINY, WORDS, run_dir_from_output, run_train
 from lmforge.data.pairs import LengthBuckets, PairsDataModule, read_pairs
 from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.errors import ConfigError, DataError
@@ -73,14 +73,22 @@ def test_length_buckets_group_similar_lengths_and_cover_every_pair_once():
     firsts = [min(lengths[i] for i in b) for b in batches[:10]]
     assert firsts != sorted(firsts)
     val = list(LengthBuckets(SequentialSampler(range(1000)), 10, lengths=lengths, bucket_size=None, shuffle=False))
-    assert val == list(LengthBuckets(SequentialSampler(range(1000)), 10, lengths=lengths, bucket_size=None,
-                                     shuffle=False))
+    assert val == list(
+        LengthBuckets(SequentialSampler(range(1000)), 10, lengths=lengths, bucket_size=None, shuffle=False)
+    )
 
 
 def test_pairs_datamodule_serves_padded_batches_with_references(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", reversal_lines(400))
-    dm = PairsDataModule(path=path, tokenizer=TokenizerSpec(kind="bpe", vocab_size=400), cache_dir=str(tmp_path / "c"),
-                         seq_len=16, max_target_len=16, batch_size=8, val_fraction=0.1)
+    dm = PairsDataModule(
+        path=path,
+        tokenizer=TokenizerSpec(kind="bpe", vocab_size=400),
+        cache_dir=str(tmp_path / "c"),
+        seq_len=16,
+        max_target_len=16,
+        batch_size=8,
+        val_fraction=0.1,
+    )
     dm.build(Seq2SeqLM.special_tokens)
     assert dm.cache.meta["pairs"] == {"train": 360, "val": 40}
     assert 0 < dm.cache.meta["unigram_val_loss"] < 10
@@ -103,8 +111,16 @@ def test_pairs_datamodule_serves_padded_batches_with_references(tmp_path):
 
 def test_t5_trains_on_pairs_and_reports_bleu(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", reversal_lines(600))
-    args = ["model=t5_tiny", *[a for a in TINY if not a.startswith("model=")], "data=pairs", f"data.path={path}",
-            "data.val_fraction=0.1", "trainer.max_steps=20", "logger=csv", "model.num_beams=2"]
+    args = [
+        "model=t5_tiny",
+        *[a for a in TINY if not a.startswith("model=")],
+        "data=pairs",
+        f"data.path={path}",
+        "data.val_fraction=0.1",
+        "trainer.max_steps=20",
+        "logger=csv",
+        "model.num_beams=2",
+    ]
     proc = run_train(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = run_dir_from_output(proc.stdout)

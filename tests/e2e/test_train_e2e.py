@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY, run_dir_from_output, run_train
 
 
@@ -18,8 +17,17 @@ def first_run(text_corpus):
 
 def test_run_folder_has_everything(first_run):
     run_dir, proc = first_run
-    for name in ("summary.json", "config.yaml", "tokenizer.json", "samples.txt", ".hydra/config.yaml",
-                 "checkpoints/last.ckpt", "checkpoints/best.ckpt", "csv/metrics.csv", "train.log"):
+    for name in (
+        "summary.json",
+        "config.yaml",
+        "tokenizer.json",
+        "samples.txt",
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "csv/metrics.csv",
+        "train.log",
+    ):
         assert (run_dir / name).exists(), f"{name} missing from the run folder"
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["objective"] == "clm" and s["model"] == "gpt_tiny"
@@ -43,8 +51,16 @@ def test_run_folder_has_everything(first_run):
 
 def test_resume_continues_the_step_count(first_run, text_corpus):
     run_dir, _ = first_run
-    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=30", "logger=csv",
-                      f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}"])
+    proc = run_train(
+        [
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=30",
+            "logger=csv",
+            f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((run_dir_from_output(proc.stdout) / "summary.json").read_text())
     assert s["steps"] == 30
@@ -61,8 +77,9 @@ def test_resume_continues_the_step_count(first_run, text_corpus):
 
 
 def test_default_logger_is_an_offline_wandb_run_in_the_run_folder(text_corpus):
-    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=4",
-                      "trainer.val_check_interval=2"])
+    proc = run_train(
+        [*TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=4", "trainer.val_check_interval=2"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = run_dir_from_output(proc.stdout)
     runs = list((run_dir / "wandb").glob("offline-run-*"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY, run_train
 
 
@@ -72,7 +71,15 @@ def test_jsonl_line_without_the_text_field_is_named(tmp_path):
 
 
 def test_vocabulary_too_large_for_the_token_dtype(text_corpus):
-    proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "tokenizer.vocab_size=70000",
-                      "data.token_dtype=uint16"])
+    proc = run_train(
+        [
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "logger=csv",
+            "tokenizer.vocab_size=70000",
+            "data.token_dtype=uint16",
+        ]
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data.token_dtype=uint16" in proc.stderr and "70,000" in proc.stderr

@@ -38,11 +38,23 @@ def test_loss_falls_to_the_entropy_floor(tmp_path):
     val = DataLoader(val_blocks, batch_size=64, collate_fn=collate)
     torch.manual_seed(0)
     net = GPT(vocab_size=VOCAB, max_seq_len=seq, n_layer=1, n_head=2, d_model=32)
-    model = CausalLM(net=net, optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
-                     scheduler=functools.partial(warmup_cosine, warmup_steps=10))
-    trainer = L.Trainer(max_steps=250, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        val_check_interval=250, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    model = CausalLM(
+        net=net,
+        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+        scheduler=functools.partial(warmup_cosine, warmup_steps=10),
+    )
+    trainer = L.Trainer(
+        max_steps=250,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        val_check_interval=250,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, train, val)
     start = math.log(VOCAB)
     val_loss = float(trainer.callback_metrics["val/loss"])

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_dir_from_output, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -23,8 +22,15 @@ TWO_CPU_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def _args(corpus: Path, *extra: str) -> list[str]:
-    return [*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=10", "trainer.precision=32-true",
-            "global_batch_size=16", *extra]
+    return [
+        *TINY,
+        "data=text",
+        f"data.path={corpus}",
+        "trainer.max_steps=10",
+        "trainer.precision=32-true",
+        "global_batch_size=16",
+        *extra,
+    ]
 
 
 def _run(args: list[str], log_dir: Path) -> tuple[Path, dict]:
@@ -48,8 +54,9 @@ def log_dir(contained_environment) -> Path:
 def single(text_corpus, log_dir):
     """One process, global batch 16 = micro batch 16 (and validation batches of 16: the same 32 blocks).
     Its 10 steps come from the token budget: 5120 tokens / (16 x 32 tokens per step)."""
-    run_dir, s = _run(_args(text_corpus, "data.batch_size=16", "logger=csv", "trainer.max_steps=1000",
-                            "max_tokens=5120"), log_dir)
+    run_dir, s = _run(
+        _args(text_corpus, "data.batch_size=16", "logger=csv", "trainer.max_steps=1000", "max_tokens=5120"), log_dir
+    )
     assert s["steps"] == 10 and s["scale"]["max_tokens"] == 5120 and s["scale"]["tokens_per_step"] == 512
     return run_dir, s
 
@@ -78,8 +85,9 @@ def test_global_batch_by_accumulation_matches(single, text_corpus, log_dir):
 @pytest.fixture(scope="module")
 def fsdp(text_corpus, log_dir):
     before = _run_folders(log_dir)
-    run_dir, s = _run(_args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv"),
-                      log_dir)
+    run_dir, s = _run(
+        _args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv"), log_dir
+    )
     assert _run_folders(log_dir) - before == {run_dir}, "FSDP made more than one run folder"
     return run_dir, s
 
@@ -113,17 +121,40 @@ def test_fsdp_seq2seq_generation_in_validation(tmp_path, log_dir):
         src = [words[(i * 7 + k * 3) % len(words)] for k in range(2 + i % 4)]
         lines.append(json.dumps({"source": " ".join(src), "target": " ".join(reversed(src))}))
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    _, s = _run(["model=t5_tiny", "data=pairs", f"data.path={tmp_path / 'pairs.jsonl'}", "data.seq_len=32",
-                 "data.batch_size=8", "trainer.max_steps=4", "trainer.val_check_interval=2",
-                 "trainer.limit_val_batches=2", "logger=csv", "trainer=fsdp", *TWO_CPU_PROCESSES], log_dir)
+    _, s = _run(
+        [
+            "model=t5_tiny",
+            "data=pairs",
+            f"data.path={tmp_path / 'pairs.jsonl'}",
+            "data.seq_len=32",
+            "data.batch_size=8",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=2",
+            "logger=csv",
+            "trainer=fsdp",
+            *TWO_CPU_PROCESSES,
+        ],
+        log_dir,
+    )
     assert s["status"] == "completed" and s["objective"] == "seq2seq" and "val/bleu" in s["metrics"]
 
 
 def test_fsdp_with_compile_and_activation_checkpointing_matches(single, text_corpus, log_dir):
     """torch.compile per block + activation checkpointing + FSDP, the riskiest combination (slowest test here:
     inductor compiles on both ranks). Compiled kernels may fuse float ops differently: tolerance 1e-3."""
-    _, s = _run(_args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv",
-                      "compile=true", "activation_checkpointing=true"), log_dir)
+    _, s = _run(
+        _args(
+            text_corpus,
+            "trainer=fsdp",
+            *TWO_CPU_PROCESSES,
+            "data.batch_size=8",
+            "logger=csv",
+            "compile=true",
+            "activation_checkpointing=true",
+        ),
+        log_dir,
+    )
     assert s["scale"]["compile"] == "blocks" and s["scale"]["activation_checkpointing"] is True
     assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < 1e-3
 
@@ -133,15 +164,27 @@ def test_fsdp_checkpoint_is_sharded_and_resumes_on_another_world_size(fsdp, text
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2, "one shard file per rank"
     # Resume the 2-rank checkpoint on 1 rank: torch distributed checkpointing reshards on load.
-    _, s = _run(_args(text_corpus, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1",
-                      "data.batch_size=16", "logger=csv", "trainer.max_steps=14", f"ckpt_path={last}"), log_dir)
+    _, s = _run(
+        _args(
+            text_corpus,
+            "trainer=fsdp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "data.batch_size=16",
+            "logger=csv",
+            "trainer.max_steps=14",
+            f"ckpt_path={last}",
+        ),
+        log_dir,
+    )
     assert s["status"] == "completed" and s["steps"] == 14
     assert s["tokens"] == 14 * 16 * 32  # the token count continues from the checkpoint
 
 
 def test_global_batch_that_world_size_cannot_make_stops_before_training(text_corpus):
-    proc = run_train(_args(text_corpus, "trainer=ddp", *TWO_CPU_PROCESSES, "data.batch_size=8", "global_batch_size=24",
-                           "logger=csv"))
+    proc = run_train(
+        _args(text_corpus, "trainer=ddp", *TWO_CPU_PROCESSES, "data.batch_size=8", "global_batch_size=24", "logger=csv")
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "global_batch_size=24" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -149,8 +192,18 @@ def test_global_batch_that_world_size_cannot_make_stops_before_training(text_cor
 def test_multirun_with_ddp_makes_one_folder_per_job(text_corpus, log_dir):
     """Each job's ranks run that job (not the sweep again), in its folder, with one W&B run (the default logger)."""
     before = _run_folders(log_dir)
-    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "trainer=ddp",
-                      *TWO_CPU_PROCESSES, "trainer.max_steps=3,5"], timeout=600)
+    proc = run_train(
+        [
+            "-m",
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer=ddp",
+            *TWO_CPU_PROCESSES,
+            "trainer.max_steps=3,5",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     new = _run_folders(log_dir) - before
     assert len(new) == 1 and next(iter(new)).parent.name == "multiruns", f"expected one sweep folder, got {new}"
@@ -166,8 +219,20 @@ def test_submitit_launcher_runs_a_ddp_job(text_corpus, log_dir):
     """hydra-submitit's local launcher (the SLURM launcher's local twin): the job runs under submitit, whose
     sys.argv is not train.py, and Lightning's second rank must still run this job in its folder."""
     before = _run_folders(log_dir)
-    proc = run_train(["-m", "hydra/launcher=submitit_local", *TINY, "data=text", f"data.path={text_corpus}",
-                      "logger=csv", "trainer=ddp", *TWO_CPU_PROCESSES, "trainer.max_steps=3"], timeout=600)
+    proc = run_train(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "logger=csv",
+            "trainer=ddp",
+            *TWO_CPU_PROCESSES,
+            "trainer.max_steps=3",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     (sweep,) = _run_folders(log_dir) - before
     s = json.loads((sweep / "0" / "summary.json").read_text())

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -19,22 +18,43 @@ MAX_STEPS = 6
 
 def trial_args(corpus: Path, callbacks: str = "none") -> list[str]:
     """A tiny, fast trial: validation every 2 steps gives the pruner 3 reports."""
-    return ["model=gpt_tiny", "data=text", f"data.path={corpus}", "data.seq_len=32", "data.batch_size=8",
-            "trainer.limit_val_batches=1", f"trainer.max_steps={MAX_STEPS}", "trainer.val_check_interval=2",
-            "logger=none", f"callbacks={callbacks}", "+trainer.enable_checkpointing=false"]
+    return [
+        "model=gpt_tiny",
+        "data=text",
+        f"data.path={corpus}",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "trainer.limit_val_batches=1",
+        f"trainer.max_steps={MAX_STEPS}",
+        "trainer.val_check_interval=2",
+        "logger=none",
+        f"callbacks={callbacks}",
+        "+trainer.enable_checkpointing=false",
+    ]
 
 
 def run_sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "sweep.py"), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, str(REPO / "sweep.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
 
 
 @pytest.fixture(scope="module")
 def sweep(text_corpus, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweeps") / "lr"
     # gpt_lr's space; TPE's first samples are random (seed 0); one finished trial lets the median prune.
-    args = ["hparams_search=gpt_lr", *trial_args(text_corpus, callbacks="emissions"), "sweep.n_trials=4",
-            "sweep.pruner.n_startup_trials=1", f"sweep.dir={sweep_dir}"]
+    args = [
+        "hparams_search=gpt_lr",
+        *trial_args(text_corpus, callbacks="emissions"),
+        "sweep.n_trials=4",
+        "sweep.pruner.n_startup_trials=1",
+        f"sweep.dir={sweep_dir}",
+    ]
     proc = run_sweep(args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return sweep_dir, args, proc
@@ -80,8 +100,9 @@ def test_pruning_stops_a_trial_early(sweep):
 def test_best_is_the_minimum_over_the_completed_runs(sweep):
     sweep_dir, _, _ = sweep
     s = json.loads((sweep_dir / "sweep_summary.json").read_text())
-    completed = {name: r["metrics"]["val/loss"] for name, r in run_summaries(sweep_dir).items()
-                 if r["status"] == "completed"}
+    completed = {
+        name: r["metrics"]["val/loss"] for name, r in run_summaries(sweep_dir).items() if r["status"] == "completed"
+    }
     best_run = min(completed, key=completed.get)
     assert s["best"]["run_dir"] == best_run and s["best"]["value"] == completed[best_run]
     assert (sweep_dir / "best_command.sh").read_text().splitlines()[-1] == s["best"]["command"]
@@ -114,8 +135,9 @@ def test_sweep_report(sweep):
     # the emissions report (lmforge.report) over the same four run folders
     data = json.loads((report / "report.json").read_text())
     assert data["totals"]["runs"] == 4 and data["totals"]["missing_emissions"] == 0
-    assert data["totals"]["co2_kg"] == pytest.approx(json.loads((sweep_dir / "sweep_summary.json").read_text())
-                                                     ["totals"]["co2_kg"])
+    assert data["totals"]["co2_kg"] == pytest.approx(
+        json.loads((sweep_dir / "sweep_summary.json").read_text())["totals"]["co2_kg"]
+    )
     assert (report / "report.html").exists()
 
 

@@ -11,21 +11,41 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, run_dir_from_output, run_train
-from lmforge.flops import training_flops
-from lmforge.models.gpt import GPT
 from wandb_records import read_records, read_run
 
+from lmforge.flops import training_flops
+from lmforge.models.gpt import GPT
 
 STEPS, WARMUP, BATCH, SEQ = 20, 3, 8, 32
-RUN_ARGS = [*TINY, "trainer.max_steps=20", "callbacks.throughput.warmup_steps=3", "callbacks.throughput.window=4",
-            "logger.wandb.project=obs", "logger.wandb.tags=[tiny,test]", "logger.wandb.notes=read back",
-            "logger.wandb.log_model=true"]
-DESIGN_METRICS = ("train/loss", "val/loss", "val/ppl", "lr", "grad_norm", "perf/tokens_per_sec", "perf/mfu",
-                  "perf/step_time_s")
-PERF_METRICS = ("perf/samples_per_sec", "perf/flops_per_sec", "perf/memory_gb", "perf/device/tokens_per_sec",
-                "perf/device/samples_per_sec", "perf/device/flops_per_sec")
+RUN_ARGS = [
+    *TINY,
+    "trainer.max_steps=20",
+    "callbacks.throughput.warmup_steps=3",
+    "callbacks.throughput.window=4",
+    "logger.wandb.project=obs",
+    "logger.wandb.tags=[tiny,test]",
+    "logger.wandb.notes=read back",
+    "logger.wandb.log_model=true",
+]
+DESIGN_METRICS = (
+    "train/loss",
+    "val/loss",
+    "val/ppl",
+    "lr",
+    "grad_norm",
+    "perf/tokens_per_sec",
+    "perf/mfu",
+    "perf/step_time_s",
+)
+PERF_METRICS = (
+    "perf/samples_per_sec",
+    "perf/flops_per_sec",
+    "perf/memory_gb",
+    "perf/device/tokens_per_sec",
+    "perf/device/samples_per_sec",
+    "perf/device/flops_per_sec",
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +154,15 @@ def test_csv_and_tensorboard_beside_wandb(first):
 
 def test_resume_continues_the_same_wandb_run(first, text_corpus):
     run_dir, _, offline, wb = first
-    proc = run_train([*RUN_ARGS, "data=text", f"data.path={text_corpus}", "trainer.max_steps=24",
-                      f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}"])
+    proc = run_train(
+        [
+            *RUN_ARGS,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=24",
+            f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed_dir = run_dir_from_output(proc.stdout)
     (resumed_offline,) = (resumed_dir / "wandb").glob("offline-run-*")
@@ -147,9 +174,19 @@ def test_resume_continues_the_same_wandb_run(first, text_corpus):
 
 
 def test_multirun_is_one_wandb_group_of_separate_runs(text_corpus):
-    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=4",
-                      "trainer.val_check_interval=2", "callbacks.throughput.warmup_steps=1",
-                      "callbacks.throughput.window=2", "model.optimizer.lr=1e-3,2e-3"])
+    proc = run_train(
+        [
+            "-m",
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "callbacks.throughput.warmup_steps=1",
+            "callbacks.throughput.window=2",
+            "model.optimizer.lr=1e-3,2e-3",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_dirs = [Path(line.split(": ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("Run folder")]
     assert len(job_dirs) == 2

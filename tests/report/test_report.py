@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,7 +23,7 @@ from lmforge.report import build_report
 from lmforge.report.collect import read_codecarbon_csvs
 from lmforge.report.plots import pareto_front
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 LRS = (0.05, 0.01, 0.001)
 
 
@@ -55,17 +54,33 @@ def _fake_run(run_dir: Path, lr: float) -> dict:
     x = torch.randn(512, 32, generator=g)
     ds = TensorDataset(x, x.sum(1, keepdim=True))
     cb = EmissionsCallback(output_dir=run_dir, measure_power_secs=1, project_at=None)
-    tr = L.Trainer(callbacks=[cb], max_steps=40, limit_val_batches=2, accelerator="cpu", devices=1, logger=False,
-                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                   default_root_dir=run_dir)
+    tr = L.Trainer(
+        callbacks=[cb],
+        max_steps=40,
+        limit_val_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=run_dir,
+    )
     model = Tiny(lr)
     tr.fit(model, DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=128))
     val_loss = float(tr.callback_metrics["val/loss"])
-    summary = {"status": "completed", "objective": "clm", "model": "tiny",
-               "params": sum(p.numel() for p in model.parameters()), "steps": tr.global_step,
-               "tokens": tr.global_step * 32 * 64, "wall_time_s": 2.0,
-               "metrics": {"val/loss": val_loss, "val/ppl": math.exp(val_loss)},
-               "emissions": cb.summary(), "overrides": ["model=tiny", override]}
+    summary = {
+        "status": "completed",
+        "objective": "clm",
+        "model": "tiny",
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": tr.global_step,
+        "tokens": tr.global_step * 32 * 64,
+        "wall_time_s": 2.0,
+        "metrics": {"val/loss": val_loss, "val/ppl": math.exp(val_loss)},
+        "emissions": cb.summary(),
+        "overrides": ["model=tiny", override],
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return summary
 
@@ -75,7 +90,8 @@ def multirun(tmp_path_factory) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("multirun") / "2024-01-01" / "12-00-00"
     root.mkdir(parents=True)
     (root / "multirun.yaml").write_text(
-        "hydra:\n  overrides:\n    task:\n    - model=tiny\n    - model.optimizer.lr=" + ",".join(map(str, LRS)) + "\n")
+        "hydra:\n  overrides:\n    task:\n    - model=tiny\n    - model.optimizer.lr=" + ",".join(map(str, LRS)) + "\n"
+    )
     home = os.environ.get("HOME")
     os.environ["HOME"] = str(root.parent)  # no ~/.codecarbon.config leaks in
     try:
@@ -124,19 +140,60 @@ def test_missing_and_partial_data_are_marked_not_fatal(multirun, tmp_path):
     # 1. a run that crashed before its summary: only CodeCarbon 2.x's CSV (older columns)
     old = runs / "old_csv"
     old.mkdir(parents=True)
-    cols = ["timestamp", "project_name", "run_id", "duration", "emissions", "emissions_rate", "cpu_power",
-            "gpu_power", "ram_power", "cpu_energy", "gpu_energy", "ram_energy", "country_iso_code", "pue"]
+    cols = [
+        "timestamp",
+        "project_name",
+        "run_id",
+        "duration",
+        "emissions",
+        "emissions_rate",
+        "cpu_power",
+        "gpu_power",
+        "ram_power",
+        "cpu_energy",
+        "gpu_energy",
+        "ram_energy",
+        "country_iso_code",
+        "pue",
+    ]
     with open(old / "emissions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)  # no energy_consumed column: rebuilt from its parts
-        w.writerow(["2023-01-01T00:00:00", "p", "a", "10", "0.002", "0.0002", "30", "0", "10",
-                    "0.001", "0.002", "0.003", "USA", "1.0"])
+        w.writerow(
+            [
+                "2023-01-01T00:00:00",
+                "p",
+                "a",
+                "10",
+                "0.002",
+                "0.0002",
+                "30",
+                "0",
+                "10",
+                "0.001",
+                "0.002",
+                "0.003",
+                "USA",
+                "1.0",
+            ]
+        )
     # 2. a failed run whose emissions section says partial
     failed = runs / "failed"
     failed.mkdir()
-    (failed / "summary.json").write_text(json.dumps({
-        "status": "failed", "objective": "mlm", "model": "bert_tiny", "params": 1000, "tokens": 0,
-        "wall_time_s": 1.0, "metrics": {}, "emissions": {"status": "failed", "error": "tracker died"}}))
+    (failed / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "failed",
+                "objective": "mlm",
+                "model": "bert_tiny",
+                "params": 1000,
+                "tokens": 0,
+                "wall_time_s": 1.0,
+                "metrics": {},
+                "emissions": {"status": "failed", "error": "tracker died"},
+            }
+        )
+    )
     # 3. a run with a summary but no emissions at all
     bare = runs / "bare"
     bare.mkdir()
@@ -171,8 +228,9 @@ def test_cli_bad_paths_exit_2_with_a_message(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lmforge.report", *args], capture_output=True, text=True,
-                              timeout=60, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "lmforge.report", *args], capture_output=True, text=True, timeout=60, env=env
+        )
 
     r = cli(str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import REPO
 from lmforge.errors import ConfigError
-from lmforge.sweep.space import format_override, format_value, parse_param, parse_space
+from lmforge.sweep.space import format_override, format_value, parse_param
 from lmforge.sweep.spec import build_spec, check_same_sweep, is_sweep_override
 from lmforge.sweep.summary import experiment_name, experiment_yaml
 from lmforge.sweep.wandb_sweep import agent_args, sweep_config, wandb_parameter
@@ -47,9 +47,15 @@ def test_hydra_sweep_grammar_becomes_typed_parameters():
     assert parse_param("data.batch_size", "16,32").choices == (16, 32)  # the -m short form
 
 
-@pytest.mark.parametrize("expr, fragment", [
-    ("0.001", "single value"), ("interval(1e-2, 1e-4)", "low < high"), ("tag(log, interval(0, 1))", "low > 0"),
-    ("choice(", "does not parse")])
+@pytest.mark.parametrize(
+    "expr, fragment",
+    [
+        ("0.001", "single value"),
+        ("interval(1e-2, 1e-4)", "low < high"),
+        ("tag(log, interval(0, 1))", "low > 0"),
+        ("choice(", "does not parse"),
+    ],
+)
 def test_bad_ranges_name_the_key_and_the_grammar(expr, fragment):
     with pytest.raises(ConfigError, match=fragment) as e:
         parse_param("model.optimizer.lr", expr)
@@ -68,20 +74,29 @@ def test_sampled_values_round_trip_through_hydras_override_parser(value):
 
 
 def test_spec_from_sweep_yaml_passes_other_overrides_to_every_trial(tmp_path):
-    spec = sweep_spec("hparams_search=gpt_lr", "model=gpt_tiny", "data.seq_len=64", "trainer.max_steps=15",
-                      "sweep.n_trials=3", tmp_path=tmp_path)
+    spec = sweep_spec(
+        "hparams_search=gpt_lr",
+        "model=gpt_tiny",
+        "data.seq_len=64",
+        "trainer.max_steps=15",
+        "sweep.n_trials=3",
+        tmp_path=tmp_path,
+    )
     assert spec.name == "gpt_lr" and spec.n_trials == 3 and spec.backend == "optuna"
     assert [p.key for p in spec.space] == ["model.optimizer.lr", "model.scheduler.warmup_steps"]
     # gpt_lr's own trainer.max_steps=300 gives way to the command line's; sweep.* never reaches a trial
-    assert spec.trial_overrides == ["trainer.val_check_interval=50", "model=gpt_tiny", "data.seq_len=64",
-                                    "trainer.max_steps=15"]
+    assert spec.trial_overrides == [
+        "trainer.val_check_interval=50",
+        "model=gpt_tiny",
+        "data.seq_len=64",
+        "trainer.max_steps=15",
+    ]
     assert is_sweep_override("hydra.run.dir=x") and not is_sweep_override("hydra.searchpath=[file://x]")
 
 
 def test_a_typo_in_the_space_stops_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="no key 'model.optimzer.lr'"):
-        sweep_spec("hparams_search=gpt_lr", "+sweep.params.model.optimzer.lr='interval(0.1, 0.2)'",
-                   tmp_path=tmp_path)
+        sweep_spec("hparams_search=gpt_lr", "+sweep.params.model.optimzer.lr='interval(0.1, 0.2)'", tmp_path=tmp_path)
 
 
 def test_a_bad_shared_value_stops_before_any_trial(tmp_path):
@@ -91,8 +106,9 @@ def test_a_bad_shared_value_stops_before_any_trial(tmp_path):
 
 def test_a_sweep_folder_refuses_a_different_command(tmp_path):
     check_same_sweep(sweep_spec("hparams_search=gpt_lr", "trainer.max_steps=15", tmp_path=tmp_path))
-    check_same_sweep(sweep_spec("hparams_search=gpt_lr", "trainer.max_steps=15", "sweep.n_trials=50",
-                                tmp_path=tmp_path))  # a bigger budget is the same sweep
+    check_same_sweep(
+        sweep_spec("hparams_search=gpt_lr", "trainer.max_steps=15", "sweep.n_trials=50", tmp_path=tmp_path)
+    )  # a bigger budget is the same sweep
     with pytest.raises(ConfigError, match="holds a different sweep.*trial_overrides"):
         check_same_sweep(sweep_spec("hparams_search=gpt_lr", "trainer.max_steps=30", tmp_path=tmp_path))
 
@@ -116,9 +132,18 @@ def test_wandb_sweep_config_matches_the_optuna_search_space(tmp_path):
     config = sweep_config(spec)
     assert config["method"] == "bayes" and config["metric"] == {"name": "val/loss", "goal": "minimize"}
     assert config["early_terminate"]["type"] == "hyperband"
-    assert config["parameters"]["model.optimizer.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
-    for p in [*spec.space, parse_param("d", "choice(16, 32)"), parse_param("x", "interval(0.0, 0.5)"),
-              parse_param("n", "range(2, 9, 2)"), parse_param("b", "tag(log, int(interval(8, 64)))")]:
+    assert config["parameters"]["model.optimizer.lr"] == {
+        "distribution": "log_uniform_values",
+        "min": 1e-4,
+        "max": 1e-2,
+    }
+    for p in [
+        *spec.space,
+        parse_param("d", "choice(16, 32)"),
+        parse_param("x", "interval(0.0, 0.5)"),
+        parse_param("n", "range(2, 9, 2)"),
+        parse_param("b", "tag(log, int(interval(8, 64)))"),
+    ]:
         assert sweep_parameter_to_distribution(wandb_parameter(p)) == _optuna_distribution(p), p.key
 
 
@@ -141,16 +166,19 @@ def test_wandb_agent_arguments_are_hydra_overrides_of_the_train_config(tmp_path)
 
 
 def test_best_trial_as_an_experiment_composes_like_its_command(tmp_path):
-    spec = sweep_spec("hparams_search=gpt_size", "data=text", "data.path=/some/corpus", "debug=fast",
-                      tmp_path=tmp_path)
-    best = {"number": 3, "value": 4.2, "overrides": [format_override("model", "gpt_tiny"),
-                                                     format_override("model.optimizer.lr", 0.003)]}
+    spec = sweep_spec("hparams_search=gpt_size", "data=text", "data.path=/some/corpus", "debug=fast", tmp_path=tmp_path)
+    best = {
+        "number": 3,
+        "value": 4.2,
+        "overrides": [format_override("model", "gpt_tiny"), format_override("model.optimizer.lr", 0.003)],
+    }
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / f"{experiment_name(spec)}.yaml").write_text(experiment_yaml(spec, best))
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         from_command = compose("train", overrides=spec.trial_overrides + best["overrides"])
-        from_experiment = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
-                                                      f"experiment={experiment_name(spec)}"])
+        from_experiment = compose(
+            "train", overrides=[f"hydra.searchpath=[file://{tmp_path}]", f"experiment={experiment_name(spec)}"]
+        )
     assert from_experiment == from_command
     assert from_experiment.model.net.n_layer == 2 and from_experiment.model.optimizer.lr == 0.003
     assert from_experiment.trainer.log_every_n_steps == 1  # from debug=fast
@@ -173,8 +201,7 @@ def test_wandb_backend_without_a_key_writes_the_sweep_config_and_runs_nothing(tm
 
     from lmforge.sweep.runner import run_sweep
 
-    cfg = compose_sweep("hparams_search=gpt_lr", "sweep.backend=wandb", "sweep.wandb.create=false",
-                        tmp_path=tmp_path)
+    cfg = compose_sweep("hparams_search=gpt_lr", "sweep.backend=wandb", "sweep.wandb.create=false", tmp_path=tmp_path)
     spec = build_spec(cfg, HydraConfig.get(), REPO / "train.py")
     with caplog.at_level(logging.INFO, logger="lmforge.sweep"):
         result = run_sweep(cfg, HydraConfig.get(), REPO / "train.py")

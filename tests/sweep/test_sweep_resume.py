@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 from test_sweep import run_sweep, trial_args
 
@@ -22,11 +21,24 @@ LRS = {0.001, 0.003, 0.01}
 
 def test_killed_sweep_resumes_where_it_stopped(text_corpus, tmp_path):
     sweep_dir = tmp_path / "grid"
-    args = ["hparams_search=gpt_lr", *trial_args(text_corpus), "sweep.backend=grid", "sweep.n_trials=null",
-            "sweep.pruner.name=none", "~sweep.params", "+sweep.params={model.optimizer.lr:'choice(1e-3, 3e-3, 1e-2)'}",
-            f"sweep.dir={sweep_dir}"]
-    first = subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args], cwd=REPO, env=os.environ.copy(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "hparams_search=gpt_lr",
+        *trial_args(text_corpus),
+        "sweep.backend=grid",
+        "sweep.n_trials=null",
+        "sweep.pruner.name=none",
+        "~sweep.params",
+        "+sweep.params={model.optimizer.lr:'choice(1e-3, 3e-3, 1e-2)'}",
+        f"sweep.dir={sweep_dir}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "sweep.py"), *args],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not ((sweep_dir / "trial_0" / "summary.json").exists() and (sweep_dir / "trial_1").exists()):
         assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -15,9 +14,21 @@ pytestmark = pytest.mark.slow
 
 def test_report_over_a_three_run_multirun(text_corpus, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_train(["-m", *TINY, "data=text", f"data.path={text_corpus}", "trainer.max_steps=6",
-                      "trainer.val_check_interval=3", "logger=csv", "callbacks.emissions.measure_power_secs=1",
-                      f"hydra.sweep.dir={sweep_dir}", "model.optimizer.lr=1e-3,3e-3,1e-2"], timeout=600)
+    proc = run_train(
+        [
+            "-m",
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            "logger=csv",
+            "callbacks.emissions.measure_power_secs=1",
+            f"hydra.sweep.dir={sweep_dir}",
+            "model.optimizer.lr=1e-3,3e-3,1e-2",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").exists())
     assert len(runs) == 3
@@ -27,8 +38,13 @@ def test_report_over_a_three_run_multirun(text_corpus, tmp_path):
         assert s["emissions"]["estimate"]["flops"] > 0
 
     out = tmp_path / "report"
-    rep = subprocess.run([sys.executable, "-m", "lmforge.report", str(sweep_dir), "--out", str(out)],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "lmforge.report", str(sweep_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert len(report["sweeps"]) == 1
@@ -41,4 +57,3 @@ def test_report_over_a_three_run_multirun(text_corpus, tmp_path):
     assert len(list((out / "plots").glob("*.png"))) >= 3
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and (out / "report.md").exists()
-

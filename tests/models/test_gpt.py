@@ -44,8 +44,10 @@ def test_cached_generation_equals_full_recomputation():
     greedy_cached = lm.generate(prompt, 30, temperature=0.0, use_cache=True)
     greedy_full = lm.generate(prompt, 30, temperature=0.0, use_cache=False)
     assert torch.equal(greedy_cached, greedy_full)
-    sampled = [lm.generate(prompt, 30, temperature=1.0, top_k=10, use_cache=c,
-                           generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    sampled = [
+        lm.generate(prompt, 30, temperature=1.0, top_k=10, use_cache=c, generator=torch.Generator().manual_seed(3))
+        for c in (True, False)
+    ]
     assert torch.equal(*sampled)
     assert greedy_cached.shape == (2, 35)
 

@@ -8,10 +8,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import WORDS
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from conftest import WORDS
 from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.models.bert import BERT
 from lmforge.objectives.mlm import IGNORE_INDEX, MaskedLM
@@ -23,8 +23,12 @@ V = 64
 
 def objective(vocab: int = V, lr: float = 3e-3, **kw) -> MaskedLM:
     net = BERT(vocab_size=vocab, max_seq_len=64, n_layer=2, n_head=2, d_model=64, d_ff=128, dropout=0.0)
-    return MaskedLM(net=net, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
-                    scheduler=functools.partial(warmup_cosine, warmup_steps=20), **kw)
+    return MaskedLM(
+        net=net,
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
+        scheduler=functools.partial(warmup_cosine, warmup_steps=20),
+        **kw,
+    )
 
 
 def blocks_with_separators(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
@@ -136,13 +140,24 @@ def test_mlm_learns_structure_to_high_masked_accuracy(tmp_path, one_thread):
     torch.manual_seed(0)
     model = objective(lr=5e-3)
     builder = model.batch_builder(32, SPECIAL)
-    train = DataLoader(list(successor_stream(30 * 2048, seed=1).reshape(-1, 30)), batch_size=32, shuffle=True,
-                       collate_fn=builder)
-    val = DataLoader(list(successor_stream(30 * 128, seed=2).reshape(-1, 30)), batch_size=64,
-                     collate_fn=builder.for_split("val"))
-    trainer = L.Trainer(max_steps=800, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        val_check_interval=800, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    train = DataLoader(
+        list(successor_stream(30 * 2048, seed=1).reshape(-1, 30)), batch_size=32, shuffle=True, collate_fn=builder
+    )
+    val = DataLoader(
+        list(successor_stream(30 * 128, seed=2).reshape(-1, 30)), batch_size=64, collate_fn=builder.for_split("val")
+    )
+    trainer = L.Trainer(
+        max_steps=800,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        val_check_interval=800,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, train, val)
     acc = float(trainer.callback_metrics["val/acc"])
     assert acc >= 0.9, f"masked-token accuracy {acc:.3f}"

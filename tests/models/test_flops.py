@@ -39,8 +39,18 @@ def bert_case():
 
 
 def t5_case(feed_forward: str, tie: bool, n_decoder_layer: int | None):
-    net = T5(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=80, n_layer=2, n_decoder_layer=n_decoder_layer, n_head=3,
-             feed_forward=feed_forward, tie_word_embeddings=tie, dropout=0.0)
+    net = T5(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=80,
+        n_layer=2,
+        n_decoder_layer=n_decoder_layer,
+        n_head=3,
+        feed_forward=feed_forward,
+        tie_word_embeddings=tie,
+        dropout=0.0,
+    )
     ids = torch.randint(1, VOCAB, (2, 30))
     labels = torch.randint(1, VOCAB, (2, 11))  # encoder and decoder lengths differ: cross-attention is t x s
     dec = shift_right(labels, 0, 0)

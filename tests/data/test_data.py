@@ -19,8 +19,14 @@ from lmforge.objectives.clm import PackedCausalBatches
 
 
 def make_dm(corpus_path, cache, **kw) -> LMDataModule:
-    dm = LMDataModule(corpus=TextFiles(str(corpus_path)), tokenizer=TokenizerSpec("bpe", 300),
-                      cache_dir=str(cache), seq_len=16, batch_size=4, **kw)
+    dm = LMDataModule(
+        corpus=TextFiles(str(corpus_path)),
+        tokenizer=TokenizerSpec("bpe", 300),
+        cache_dir=str(cache),
+        seq_len=16,
+        batch_size=4,
+        **kw,
+    )
     dm.build({"eos": "<|endoftext|>"})
     dm.set_batch_builder(PackedCausalBatches(16))
     return dm
@@ -87,8 +93,12 @@ def test_replace_mode_reads_invalid_utf8(tmp_path):
 def test_corpus_too_short_for_a_block(tmp_path):
     (tmp_path / "a.txt").write_text("hi there")
     (tmp_path / "b.txt").write_text("hello")
-    dm = LMDataModule(corpus=TextFiles(str(tmp_path)), tokenizer=TokenizerSpec("bpe", 300),
-                      cache_dir=str(tmp_path / "cache"), seq_len=64)
+    dm = LMDataModule(
+        corpus=TextFiles(str(tmp_path)),
+        tokenizer=TokenizerSpec("bpe", 300),
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=64,
+    )
     dm.build({"eos": "<|endoftext|>"})
     with pytest.raises(DataError, match="fewer than one block"):
         dm.set_batch_builder(PackedCausalBatches(64))

@@ -28,8 +28,10 @@ WORLD = 2
 SEED = 1234
 NETS = {  # vocab 101: odd on purpose, so the embedding rows do not split evenly across ranks
     "gpt": (GPT, dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=2, d_model=16)),
-    "bert": (BERT, dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32, dropout=0.0,
-                        pad_token_id=3)),
+    "bert": (
+        BERT,
+        dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32, dropout=0.0, pad_token_id=3),
+    ),
     "t5": (T5, dict(vocab_size=101, d_model=16, d_kv=8, d_ff=32, n_layer=2, n_head=2, dropout=0.0)),
 }
 
@@ -82,10 +84,12 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
             grads = dict(ref.named_parameters())
             grad_err = max((p.grad.full_tensor() - grads[k].grad).abs().max().item() for k, p in sharded.items())
             # gradient clipping (trainer.gradient_clip_val calls this) on sharded gradients: a tiny max_norm clips
-            norms = (torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3).full_tensor().item(),
-                     torch.nn.utils.clip_grad_norm_(ref.parameters(), 1e-3).item())
+            norms = (
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3).full_tensor().item(),
+                torch.nn.utils.clip_grad_norm_(ref.parameters(), 1e-3).item(),
+            )
             clip_err = max((p.grad.full_tensor() - grads[k].grad).abs().max().item() for k, p in sharded.items())
-            tied = getattr(net, "lm_head").weight is next(iter(net.parameters()))
+            tied = net.lm_head.weight is next(iter(net.parameters()))
             # Generation: with full_weights, ranks may run different numbers of forwards (no collective inside);
             # nested uses are no-ops; afterwards the weights are sharded again.
             with torch.no_grad(), full_weights(net), full_weights(net):
@@ -94,10 +98,17 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
             dist.barrier()
             first = next(iter(net.parameters()))  # the module's parameter now (FSDP swaps in gathered ones)
             resharded = hasattr(first, "to_local") and first.to_local().shape[0] == local_rows
-            results[name] = dict(same_init=same_init, local_rows=local_rows, tied=tied,
-                                 ref_tied=ref.lm_head.weight is next(iter(ref.parameters())),
-                                 loss_err=abs(loss.item() - ref_loss.item()), grad_err=grad_err,
-                                 norm_err=abs(norms[0] - norms[1]), clip_err=clip_err, resharded=resharded)
+            results[name] = dict(
+                same_init=same_init,
+                local_rows=local_rows,
+                tied=tied,
+                ref_tied=ref.lm_head.weight is next(iter(ref.parameters())),
+                loss_err=abs(loss.item() - ref_loss.item()),
+                grad_err=grad_err,
+                norm_err=abs(norms[0] - norms[1]),
+                clip_err=clip_err,
+                resharded=resharded,
+            )
         dist.barrier()  # no rank tears down while the other still finishes its last collective
     finally:
         dist.destroy_process_group()

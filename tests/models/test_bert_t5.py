@@ -10,10 +10,13 @@ from lmforge.models.t5 import T5, relative_position_bucket, shift_right
 
 V = 48
 BERT_KW = dict(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32, dropout=0.0)
-T5_KW = dict(vocab_size=V, d_model=16, d_kv=8, d_ff=32, n_layer=2, n_decoder_layer=2, n_head=2, dropout=0.0,
-             max_seq_len=32)
-T5_VARIANTS = {"v1.0": dict(feed_forward="relu", tie_word_embeddings=True),
-               "v1.1": dict(feed_forward="gated-gelu", tie_word_embeddings=False)}
+T5_KW = dict(
+    vocab_size=V, d_model=16, d_kv=8, d_ff=32, n_layer=2, n_decoder_layer=2, n_head=2, dropout=0.0, max_seq_len=32
+)
+T5_VARIANTS = {
+    "v1.0": dict(feed_forward="relu", tie_word_embeddings=True),
+    "v1.1": dict(feed_forward="gated-gelu", tie_word_embeddings=False),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -79,10 +82,12 @@ def test_too_long_input_is_refused(build):
 
 @pytest.mark.parametrize(
     "build, key",
-    [(lambda: BERT(**{**BERT_KW, "n_head": 3}), "n_head"),
-     (lambda: BERT(**{**BERT_KW, "pad_token_id": V}), "pad_token_id"),
-     (lambda: T5(**{**T5_KW, "feed_forward": "swiglu"}), "feed_forward"),
-     (lambda: T5(**{**T5_KW, "decoder_start_token_id": -1}), "decoder_start_token_id")],
+    [
+        (lambda: BERT(**{**BERT_KW, "n_head": 3}), "n_head"),
+        (lambda: BERT(**{**BERT_KW, "pad_token_id": V}), "pad_token_id"),
+        (lambda: T5(**{**T5_KW, "feed_forward": "swiglu"}), "feed_forward"),
+        (lambda: T5(**{**T5_KW, "decoder_start_token_id": -1}), "decoder_start_token_id"),
+    ],
 )
 def test_bad_config_names_the_key(build, key):
     with pytest.raises(ValueError, match=key):

@@ -17,14 +17,23 @@ from lmforge.parallel.wrap import ScaleOptions, checkpoint_blocks, transformer_b
 
 
 def _cfg(**top):
-    return OmegaConf.create({"seed": 0, "data": {"batch_size": 8}, "trainer": {"max_steps": 100,
-                                                                               "accumulate_grad_batches": 1}, **top})
+    return OmegaConf.create(
+        {"seed": 0, "data": {"batch_size": 8}, "trainer": {"max_steps": 100, "accumulate_grad_batches": 1}, **top}
+    )
 
 
 def _trainer(devices: int) -> L.Trainer:
     # A real Trainer knows its world size at construction; processes start only at fit().
-    return L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=100,
-                     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=100,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_global_batch_sets_accumulation_from_world_size():
@@ -50,8 +59,9 @@ def test_max_tokens_sets_max_steps():
     assert scale["max_tokens"] == 1_000_000
 
 
-@pytest.mark.parametrize("key,value", [("global_batch_size", 0), ("max_tokens", -5), ("max_tokens", 1.5),
-                                       ("global_batch_size", "many")])
+@pytest.mark.parametrize(
+    "key,value", [("global_batch_size", 0), ("max_tokens", -5), ("max_tokens", 1.5), ("global_batch_size", "many")]
+)
 def test_bad_budget_values_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         check_budget_config(_cfg(**{key: value}))
@@ -109,14 +119,21 @@ def test_seeded_init_is_reproducible_and_seed_dependent():
 
 def test_slurm_launcher_asks_one_task_per_device_on_each_node():
     """Lightning's SLURMEnvironment needs ntasks-per-node = trainer.devices, over trainer.num_nodes nodes."""
+    from conftest import REPO
     from hydra import compose, initialize_config_dir
 
-    from conftest import REPO
-
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=4",
-                                          "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=fsdp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+                "hydra.launcher.partition=gpu",
+            ],
+            return_hydra_config=True,
+        )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)

@@ -12,17 +12,23 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lmforge import hardware
 from lmforge.callbacks.emissions import EmissionsCallback, EmissionsWarning
-from lmforge.emissions.estimate import (EstimateError, estimate, estimate_for_run, format_estimate, grid_intensity,
-                                        project, training_flops)
+from lmforge.emissions.estimate import (
+    EstimateError,
+    estimate,
+    estimate_for_run,
+    format_estimate,
+    grid_intensity,
+    project,
+    training_flops,
+)
 
 SRC = Path(hardware.__file__).resolve().parents[1]
 NO_RAPL = not Path("/sys/class/powercap/intel-rapl").exists()
@@ -65,10 +71,21 @@ def loaders(n: int = 2048):
 
 
 def trainer(out: Path, cb: EmissionsCallback, **kw) -> L.Trainer:
-    args = dict(callbacks=[cb], max_steps=40, val_check_interval=10, limit_val_batches=2, limit_test_batches=2,
-                accelerator="cpu", devices=1, logger=CSVLogger(out, name="csv"), log_every_n_steps=5,
-                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                default_root_dir=out)
+    args = dict(
+        callbacks=[cb],
+        max_steps=40,
+        val_check_interval=10,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(out, name="csv"),
+        log_every_n_steps=5,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=out,
+    )
     args.update(kw)
     return L.Trainer(**args)
 
@@ -145,8 +162,9 @@ def test_ddp_two_processes_count_one_node_once(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=240,
-                       env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s0 = json.loads((out / "summary_rank0.json").read_text())
     s1 = json.loads((out / "summary_rank1.json").read_text())
@@ -224,8 +242,9 @@ def test_estimate_for_a_cpu_run_uses_codecarbons_numbers():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "lmforge.emissions.estimate", *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge.emissions.estimate", *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_estimator_cli_json_and_bad_input():
@@ -234,9 +253,11 @@ def test_estimator_cli_json_and_bad_input():
     d = json.loads(r.stdout)
     assert {"flops", "accelerator_hours", "energy_kwh", "co2_kg"} <= set(d)
     assert d["energy_kwh"] == pytest.approx(1.287e6, rel=0.02)
-    for bad, needle in [(("--params", "-5", "--tokens", "1e9", "--accelerator", "a100", "--mfu", "0.4"), "params"),
-                        (("--params", "1e9", "--tokens", "1e9", "--accelerator", "tpu9", "--mfu", "0.4"), "known:"),
-                        (("--accelerator-hours", "10"), "--power-w")]:
+    for bad, needle in [
+        (("--params", "-5", "--tokens", "1e9", "--accelerator", "a100", "--mfu", "0.4"), "params"),
+        (("--params", "1e9", "--tokens", "1e9", "--accelerator", "tpu9", "--mfu", "0.4"), "known:"),
+        (("--accelerator-hours", "10"), "--power-w"),
+    ]:
         r = _cli(*bad)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
 
@@ -255,10 +276,21 @@ def test_accelerator_table_and_device_names():
     assert hardware.lookup("A100-80GB").key == "a100-sxm"
     assert hardware.peak_flops("h100-sxm", "bf16") == pytest.approx(989.5e12)
     assert hardware.peak_flops("h100", "bf16-mixed") == hardware.peak_flops("h100-sxm", "bf16")
-    names = {"NVIDIA H100 80GB HBM3": "h100-sxm", "NVIDIA H200": "h200", "NVIDIA H100 PCIe": "h100-pcie",
-             "NVIDIA H100 NVL": "h100-nvl", "NVIDIA A100-SXM4-40GB": "a100-sxm", "NVIDIA A100 80GB PCIe": "a100-pcie",
-             "Tesla V100-SXM2-32GB": "v100", "Tesla T4": "t4", "NVIDIA A10G": "a10g", "NVIDIA L40S": "l40s",
-             "NVIDIA L4": "l4", "AMD Instinct MI300X": "mi300x", "NVIDIA GeForce RTX 3090": None}
+    names = {
+        "NVIDIA H100 80GB HBM3": "h100-sxm",
+        "NVIDIA H200": "h200",
+        "NVIDIA H100 PCIe": "h100-pcie",
+        "NVIDIA H100 NVL": "h100-nvl",
+        "NVIDIA A100-SXM4-40GB": "a100-sxm",
+        "NVIDIA A100 80GB PCIe": "a100-pcie",
+        "Tesla V100-SXM2-32GB": "v100",
+        "Tesla T4": "t4",
+        "NVIDIA A10G": "a10g",
+        "NVIDIA L40S": "l40s",
+        "NVIDIA L4": "l4",
+        "AMD Instinct MI300X": "mi300x",
+        "NVIDIA GeForce RTX 3090": None,
+    }
     for name, key in names.items():
         assert hardware.cuda_device_name_to_key(name) == key, name
     with pytest.raises(ValueError, match="h100-sxm"):
@@ -290,11 +322,19 @@ def test_pre_run_flops_come_from_the_objectives_own_batch_shapes():
     from lmforge.objectives.seq2seq import NUM_SENTINELS, Seq2SeqLM
 
     cfg = OmegaConf.create({"data": {"batch_size": 4}, "trainer": {"accumulate_grad_batches": 2}})
-    trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=10,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     gpt = GPT(vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, d_model=32)
-    assert planned_flops(gpt, PackedCausalBatches(block_len=32), cfg, trainer, token_id=63) == \
-        3 * gpt_forward_flops(gpt.config, 4, 32) * 2 * 10
+    assert (
+        planned_flops(gpt, PackedCausalBatches(block_len=32), cfg, trainer, token_id=63)
+        == 3 * gpt_forward_flops(gpt.config, 4, 32) * 2 * 10
+    )
 
     special = {"pad": 0, "eos": 1, "unk": 2, **{f"sentinel_{i}": 3 + i for i in range(NUM_SENTINELS)}}
     t5 = T5(vocab_size=192, d_model=32, d_kv=8, d_ff=64, n_layer=2, n_head=4)

@@ -24,8 +24,14 @@ EOS = {"eos": "<|endoftext|>"}
 
 
 def make_dm(corpus, cache, block=16, tokenizer=None, **kw) -> LMDataModule:
-    dm = LMDataModule(corpus=TextFiles(str(corpus)), tokenizer=tokenizer or TokenizerSpec("bpe", 300),
-                      cache_dir=str(cache), seq_len=block, batch_size=4, **kw)
+    dm = LMDataModule(
+        corpus=TextFiles(str(corpus)),
+        tokenizer=tokenizer or TokenizerSpec("bpe", 300),
+        cache_dir=str(cache),
+        seq_len=block,
+        batch_size=4,
+        **kw,
+    )
     dm.build(EOS)
     dm.set_batch_builder(PackedCausalBatches(block))
     return dm
@@ -35,7 +41,9 @@ def entries(cache):
     """Finished entries and anything else (temp folders, locks) under the cache's tokens/ folder."""
     root = cache / "tokens"
     names = sorted(p.name for p in root.iterdir()) if root.exists() else []
-    return [n for n in names if not n.startswith(".")], [n for n in names if n.startswith(".") and not n.endswith(".lock")]
+    return [n for n in names if not n.startswith(".")], [
+        n for n in names if n.startswith(".") and not n.endswith(".lock")
+    ]
 
 
 def test_blocks_across_shards_concatenate_to_the_document_stream(text_corpus, tmp_path):
@@ -86,8 +94,9 @@ def test_cache_key_covers_content_tokenizer_and_settings(text_corpus, tmp_path):
     dirs = {first, *(dm.cache.dir for dm in variants)}
     assert len(dirs) == 6
     assert variants[2].cache.meta["dtype"] == "uint32"
-    assert np.array_equal(np.asarray(variants[2].cache.tokens("train")),
-                          np.asarray(make_dm(corpus, cache).cache.tokens("train")))
+    assert np.array_equal(
+        np.asarray(variants[2].cache.tokens("train")), np.asarray(make_dm(corpus, cache).cache.tokens("train"))
+    )
     (corpus / "doc00.txt").write_text("changed content " * 100)
     assert make_dm(corpus, cache).cache.dir not in dirs
     assert make_dm(corpus, cache, seed=7).cache.dir == make_dm(corpus, cache).cache.dir
@@ -116,9 +125,16 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path):
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", n_files=16, words_per_file=20000)
     cache, go = tmp_path / "cache", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(corpus), str(cache), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(corpus), str(cache), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for _ in range(2)
+    ]
     deadline = time.time() + 60
     while len(list(tmp_path.glob("go.ready*"))) < 2 and time.time() < deadline:
         time.sleep(0.05)

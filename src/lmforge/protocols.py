@@ -1,0 +1,102 @@
+"""The contracts between lmforge's parts, written down: what a net, a batch builder, a data module and
+a callback that reports into summary.json must provide. Each part is checked against these by mypy
+(structural typing: nothing needs to inherit from them) and, where it is cheap, at run time with
+`isinstance(x, Proto)` (`runtime_checkable`), instead of `hasattr` probing scattered through the code.
+
+Adding a model family, an objective or a data source means implementing the protocol here that its
+part plays; nothing else in lmforge needs to learn about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Net(Protocol):
+    """A model family's plain `nn.Module` (models/<family>.py): token ids in, logits out.
+
+    `config` is the family's dataclass; `config_dict()` its keyword arguments, enough to rebuild the net
+    (`type(net)(**net.config_dict())`: export and checkpoints rely on it).
+    """
+
+    config: Any
+
+    def init_weights(self) -> None:
+        """(Re)draw every parameter from the global RNG: also materialises a net built on the meta device."""
+        ...
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in order: the units lmforge.parallel shards, checkpoints and compiles."""
+        ...
+
+    def config_dict(self) -> dict[str, Any]: ...
+
+    @property
+    def max_seq_len(self) -> int: ...
+
+    def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        """Matmul FLOPs of one forward on `batch` (what FlopCounterMode counts); None if the batch lacks a shape."""
+        ...
+
+
+@runtime_checkable
+class BatchBuilder(Protocol):
+    """Made by an objective: how many stream tokens one example uses, and how blocks become a batch.
+
+    `rng` is a generator seeded per batch by the loader (from the data seed and the blocks' indices), so
+    batches are the same for a seed, with any number of workers and after a resume. A builder that needs
+    no randomness ignores it.
+    """
+
+    block_len: int
+
+    def for_split(self, split: str) -> BatchBuilder:
+        """The variant for "train" or "val" (e.g. validation masks fixed by content); often `self`."""
+        ...
+
+    def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class SummarySection(Protocol):
+    """A callback that owns a section of summary.json (`summary_key`); an empty dict writes nothing."""
+
+    summary_key: str
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class EndsRunOnPurpose(Protocol):
+    """A callback that may stop training on purpose (e.g. Optuna pruning); its `final_status` ("pruned")
+    becomes the run's status in summary.json instead of "completed". None while the run goes on."""
+
+    final_status: str | None
+
+
+@runtime_checkable
+class RunData(Protocol):
+    """What lmforge.train needs from a data module, beyond LightningDataModule: built before the model (the
+    vocabulary sizes the embeddings), then given the objective's batch builder."""
+
+    tokenizer: Any
+
+    def build(self, specials: dict[str, str]) -> None: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def special_ids(self) -> dict[str, int]: ...
+
+    def set_batch_builder(self, builder: BatchBuilder) -> None: ...
+
+    def summary_facts(self) -> dict[str, Any]:
+        """The summary.json facts about the data: corpus name, token counts, vocabulary size, baseline."""
+        ...
