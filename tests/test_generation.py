@@ -24,9 +24,7 @@ PAD = 0
 
 def t5(seed: int, **kw) -> T5:
     torch.manual_seed(seed)
-    net = T5(
-        vocab_size=V, d_model=32, d_kv=8, d_ff=64, n_layer=2, n_head=4, dropout=0.0, max_seq_len=64, **kw
-    ).eval()
+    net = T5(vocab_size=V, d_model=32, d_kv=8, d_ff=64, n_layer=2, n_head=4, dropout=0.0, max_seq_len=64, **kw).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # peaked distributions, so beams part ways

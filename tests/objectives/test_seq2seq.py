@@ -95,6 +95,18 @@ def test_validation_spans_are_fixed_training_spans_fresh():
     assert torch.equal(val(blocks)["input_ids"], val(blocks)["input_ids"])
 
 
+def test_the_batch_builder_leaves_the_objective_as_it_was():
+    """What decoding and BLEU need comes from bind_tokenizer, explicitly: building batches changes nothing."""
+    model = objective()
+    before = {k: v for k, v in vars(model).items() if not k.startswith("_")}
+    model.batch_builder(32, SPECIAL, tokenizer=word_tokenizer())
+    assert {k: v for k, v in vars(model).items() if not k.startswith("_")} == before
+    assert model.eos_id is None and model.tokenizer is None
+    tok = word_tokenizer()
+    model.bind_tokenizer(tok, SPECIAL)
+    assert model.eos_id == SPECIAL["eos"] and model.tokenizer is tok
+
+
 def test_pairs_are_padded_dynamically_and_truncated():
     collate = objective().batch_builder(32, SPECIAL).pair_collator(max_source_len=6, max_target_len=4)
     pairs = [
