@@ -30,6 +30,7 @@ from lmforge.parallel.init import build_model
 from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
+from lmforge.protocols import NeedsTokenizer
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -94,6 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.set_batch_builder(
         model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
     )
+    if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
+        model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
