@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmforge.models import registry
+from lmforge.protocols import Net
 
 Pairs = list[tuple[str, str, bool]]  # (lmforge key, HF key, transpose)
 
@@ -45,6 +46,10 @@ class HFAdapter:
     # The exported config takes the tokenizer's pad id (GPT); otherwise the net config carries its own.
     pad_token_from_tokenizer: bool = False
 
+    def hf_model_class(self) -> Any:
+        """The transformers model class; a family whose HF model lives outside transformers returns its own."""
+        return getattr(import_transformers(), self.hf_class)
+
     def key_pairs(self, net: Any) -> Pairs:
         """(lmforge key, HF key, transpose) for every weight, used in both directions."""
         raise NotImplementedError
@@ -65,6 +70,12 @@ class HFAdapter:
 
 def _unwrap(net: nn.Module) -> nn.Module:
     return getattr(net, "_orig_mod", net)  # torch.compile(net) returns a wrapper that keeps the module here
+
+
+def _family_net(net: nn.Module) -> Net:
+    net = _unwrap(net)
+    assert isinstance(net, Net), f"{type(net).__name__} does not implement lmforge.protocols.Net"
+    return net
 
 
 def _adapter_of_net(net: nn.Module) -> HFAdapter:
@@ -117,11 +128,11 @@ def _copy(
 
 def to_hf(net: nn.Module) -> Any:
     """The `transformers` model (fp32, CPU, eval mode) holding a copy of `net`'s weights."""
-    tf = import_transformers()
+    import_transformers()  # first: without the extra, say which one to install
     net = _unwrap(net)
     adapter = _adapter_of_net(net)  # raises TypeError for an unknown net
     pairs = adapter.key_pairs(net)
-    hf = getattr(tf, adapter.hf_class)(adapter.to_hf_config(net))
+    hf = adapter.hf_model_class()(adapter.to_hf_config(net))
     zero_fill = adapter.prepare_hf_model(net, hf)
     _copy(net, hf, pairs, to_hf=True, zero_fill=zero_fill)
     return hf.eval()
@@ -186,7 +197,7 @@ def save_hf_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_json is not None:
-        tok = hf_tokenizer(tokenizer_json, special_tokens, model_max_length=_unwrap(net).max_seq_len)
+        tok = hf_tokenizer(tokenizer_json, special_tokens, model_max_length=_family_net(net).max_seq_len)
         if len(tok) > hf.config.vocab_size:
             raise ValueError(
                 f"tokenizer {tokenizer_json} has {len(tok)} tokens but the model's vocabulary has "
@@ -220,7 +231,7 @@ def load_hf_folder(path: str | Path) -> nn.Module:
     adapter = _adapter_of_model_type(mt)
     if adapter is None:
         raise ValueError(f"{path}: model_type={mt!r} has no lmforge family; supported: {registry.hf_model_types()}")
-    hf, info = getattr(tf, adapter.hf_class).from_pretrained(path, local_files_only=True, output_loading_info=True)
+    hf, info = adapter.hf_model_class().from_pretrained(path, local_files_only=True, output_loading_info=True)
     if info["missing_keys"]:
         raise ValueError(
             f"{path}: checkpoint lacks weights the {adapter.hf_class} head needs: {sorted(info['missing_keys'])}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -274,8 +275,8 @@ class T5(FamilyNet):
         check_length(offset + t, self.config.max_seq_len)
         # Causal mask offset by the cached length: query i (at offset + i) sees keys 0 .. offset + i.
         mask = torch.ones(t, offset + t, dtype=torch.bool, device=decoder_input_ids.device).tril(diagonal=offset)
-        if decoder_attention_mask is not None:
-            mask = mask & padding_mask(decoder_attention_mask)
+        if (padded := padding_mask(decoder_attention_mask)) is not None:
+            mask = mask & padded
         hidden, cache = self.decoder(
             self.shared(decoder_input_ids),
             mask=mask,
@@ -291,7 +292,10 @@ class T5(FamilyNet):
     @staticmethod
     def reorder_cache(cache: T5Cache, index: torch.Tensor) -> T5Cache:
         """Select/reorder batch rows of a cache (beam search)."""
-        return [tuple(t.index_select(0, index) for t in layer) for layer in cache]
+        return [
+            (sk.index_select(0, index), sv.index_select(0, index), ck.index_select(0, index), cv.index_select(0, index))
+            for sk, sv, ck, cv in cache
+        ]
 
     def forward(
         self,
@@ -304,4 +308,5 @@ class T5(FamilyNet):
         if decoder_input_ids is None:
             raise ValueError("T5.forward needs decoder_input_ids; build them from labels with shift_right(labels, ...)")
         enc = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+        logits = self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+        return cast(torch.Tensor, logits)  # without use_cache, decode returns the logits alone

@@ -57,8 +57,8 @@ class ScaleOptions:
 
 def transformer_blocks(net: nn.Module) -> list[nn.Module]:
     """The repeated blocks of a net, from `net.transformer_blocks()` (the `Net` contract, lmforge/protocols.py)."""
-    if callable(getattr(net, "transformer_blocks", None)):
-        return list(net.transformer_blocks())
+    if callable(blocks := getattr(net, "transformer_blocks", None)):
+        return list(blocks())
     raise ConfigError(
         f"{type(net).__name__} exposes no transformer blocks, which FSDP, compile=blocks and "
         "activation_checkpointing work on: give it a transformer_blocks() method."
