@@ -43,6 +43,15 @@ class FamilyNet(nn.Module):
         return n
 
 
+def check_heads_divide(d_model: int, n_head: int) -> None:
+    """For configs that split d_model into n_head heads (GPT, BERT; T5 sizes its heads with d_kv)."""
+    if d_model % n_head:
+        raise ValueError(
+            f"model.net.d_model={d_model} is not divisible by model.net.n_head={n_head}; "
+            "choose d_model as a multiple of n_head"
+        )
+
+
 @torch.no_grad()
 def init_normal(module: nn.Module, std: float = 0.02) -> None:
     """GPT-2's and BERT's init, for `net.apply`: N(0, std) Linear and Embedding weights, zero biases, unit

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmforge.flops import attention_flops, linear_flops
-from lmforge.models.base import FamilyNet, init_normal
+from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
 from lmforge.models.layers import ACTIVATIONS, Attention, FeedForward, check_length, padding_mask
 
 
@@ -32,11 +32,7 @@ class BERTConfig:
     pad_token_id: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.net.d_model={self.d_model} is not divisible by model.net.n_head={self.n_head}; "
-                "choose d_model as a multiple of n_head"
-            )
+        check_heads_divide(self.d_model, self.n_head)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"model.net.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})"

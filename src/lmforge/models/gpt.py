@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.flops import attention_flops, linear_flops
-from lmforge.models.base import FamilyNet, init_normal
+from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
 
 # A KV cache is one (key, value) pair per layer, each (batch, heads, time, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -34,11 +34,7 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.net.d_model={self.d_model} is not divisible by model.net.n_head={self.n_head}; "
-                "choose d_model as a multiple of n_head"
-            )
+        check_heads_divide(self.d_model, self.n_head)
 
 
 class CausalSelfAttention(nn.Module):

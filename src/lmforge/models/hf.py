@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def unsupported(model_type: str, what: str) -> ValueError:
     return ValueError(f"cannot convert this {model_type} checkpoint: {what}")
 
 
-class HFAdapter:
+class HFAdapter(ABC):
     """How one family's net maps onto its Hugging Face class. Subclassed in models/<family>_hf.py and found
     through the registry; methods import `transformers` when called (`import_transformers()`), never at import."""
 
@@ -50,17 +51,17 @@ class HFAdapter:
         """The transformers model class; a family whose HF model lives outside transformers returns its own."""
         return getattr(import_transformers(), self.hf_class)
 
+    @abstractmethod
     def key_pairs(self, net: Any) -> Pairs:
         """(lmforge key, HF key, transpose) for every weight, used in both directions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_hf_config(self, net: Any) -> Any:
         """The transformers config of `net`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def from_hf_config(self, hf_model: Any) -> nn.Module:
         """A freshly initialised net shaped as `hf_model`; raises `unsupported(...)` for what the family lacks."""
-        raise NotImplementedError
 
     def prepare_hf_model(self, net: Any, hf_model: Any) -> set[str]:
         """Adjust the new HF model before the weights are copied in; returns the HF keys the net has no weight
