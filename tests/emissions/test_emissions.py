@@ -315,9 +315,8 @@ def test_pre_run_flops_come_from_the_objectives_own_batch_shapes():
     from omegaconf import OmegaConf
 
     from lmforge.emissions.pre_run import planned_flops
-    from lmforge.flops import gpt_forward_flops, t5_forward_flops
-    from lmforge.models.gpt import GPT
-    from lmforge.models.t5 import T5
+    from lmforge.models.gpt import GPT, gpt_forward_flops
+    from lmforge.models.t5 import T5, t5_forward_flops
     from lmforge.objectives.clm import PackedCausalBatches
     from lmforge.objectives.seq2seq import NUM_SENTINELS, Seq2SeqLM
 
