@@ -175,7 +175,10 @@ def test_meta_device_build_gets_the_eager_weights(variant):
 
 BAD = {
     "heads": (dict(d_model=30, n_head=4), ["model.net.d_model=30", "model.net.n_head=4"]),
-    "kv heads": (dict(n_head=6, n_kv_head=4, d_model=48), ["model.net.n_head=6", "model.net.n_kv_head=4", "1, 2, 3, 6"]),
+    "kv heads": (
+        dict(n_head=6, n_kv_head=4, d_model=48),
+        ["model.net.n_head=6", "model.net.n_kv_head=4", "1, 2, 3, 6"],
+    ),
     "odd rope head": (dict(n_head=4, d_model=36), ["model.net.position=rope", "9", "odd"]),
     "position": (dict(position="rotary"), ["model.net.position='rotary'", "alibi"]),
     "norm": (dict(norm="batchnorm"), ["model.net.norm='batchnorm'", "rmsnorm, layernorm"]),

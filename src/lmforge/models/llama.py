@@ -210,7 +210,9 @@ def llama_forward_flops(cfg: LlamaConfig, batch: int, seq_len: int) -> int:
     RoPE's rotation, ALiBi's bias and the norms are elementwise, not matmuls: not counted, as FlopCounterMode."""
     assert cfg.n_kv_head is not None and cfg.d_ff is not None
     n, d, inner, kv = batch * seq_len, cfg.d_model, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-    attention = 2 * linear_flops(n, d, inner) + 2 * linear_flops(n, d, kv) + attention_flops(batch, seq_len, seq_len, inner)
+    attention = (
+        2 * linear_flops(n, d, inner) + 2 * linear_flops(n, d, kv) + attention_flops(batch, seq_len, seq_len, inner)
+    )
     mlp = (3 if cfg.mlp == "swiglu" else 2) * linear_flops(n, d, cfg.d_ff)
     return cfg.n_layer * (attention + mlp) + linear_flops(n, d, cfg.vocab_size)
 

@@ -46,7 +46,9 @@ class LlamaAdapter(HFAdapter):
             raise ValueError(
                 "a Hugging Face LlamaForCausalLM has rotary positions, RMSNorm and a SwiGLU MLP; this net has "
                 + ", ".join(f"model.net.{k}={v}" for k, v in other.items())
-                + f", so it has no Hugging Face export (export needs {', '.join(f'{k}={v}' for k, v in HF_ARCHITECTURE.items())})"
+                + ", so it has no Hugging Face export (it needs "
+                + ", ".join(f"{k}={v}" for k, v in HF_ARCHITECTURE.items())
+                + ")"
             )
         return import_transformers().LlamaConfig(
             vocab_size=c.vocab_size,

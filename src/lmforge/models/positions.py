@@ -64,7 +64,9 @@ def sinusoidal_table(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each (len(positions), head_dim) in fp32, of the rotation angles p * base^(-2i/head_dim),
     repeated for both halves (the rotate-half layout). Computed as Hugging Face's LlamaRotaryEmbedding does."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
+    )
     with torch.autocast(device_type=positions.device.type, enabled=False):  # angles in fp32 even under bf16
         freqs = positions.float()[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
