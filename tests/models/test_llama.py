@@ -156,7 +156,7 @@ def test_default_config_is_sized_like_gpt():
     cfg = compose(["model=llama"]).model.net
     assert (cfg.n_layer, cfg.d_model, cfg.position, cfg.norm, cfg.mlp) == (4, 256, "rope", "rmsnorm", "swiglu")
     tiny = compose(["model=llama_tiny"]).model.net
-    assert (tiny.n_layer, tiny.d_model, tiny.max_seq_len) == (2, 32, 64)
+    assert (tiny.n_layer, tiny.d_model, tiny.max_seq_len) == (2, 32, 128)
 
 
 @pytest.mark.parametrize("variant", ["rope", "learned", "layernorm-gelu"])
