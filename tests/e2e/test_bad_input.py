@@ -83,3 +83,23 @@ def test_vocabulary_too_large_for_the_token_dtype(text_corpus):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data.token_dtype=uint16" in proc.stderr and "70,000" in proc.stderr
+
+
+LLAMA_TINY = ["model=llama_tiny", *[a for a in TINY if not a.startswith("model=")]]
+LLAMA_CASES = {
+    "kv heads": (["model.net.n_kv_head=3"], ["model.net.n_head=4", "model.net.n_kv_head=3", "1, 2, 4"]),
+    "heads": (["model.net.d_model=30"], ["model.net.d_model=30", "model.net.n_head=4"]),
+    "odd rope head": (["model.net.d_model=36"], ["model.net.position=rope", "9", "odd"]),
+    "unknown position": (["model.net.position=rotary"], ["model.net.position='rotary'", "rope, alibi, none"]),
+}
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CASES))
+def test_llama_shape_mistakes_fail_fast_and_clearly(name, text_corpus):
+    overrides, expected = LLAMA_CASES[name]
+    proc = run_train([*LLAMA_TINY, "data=text", f"data.path={text_corpus}", "logger=csv", *overrides])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in expected:
+        assert fragment in proc.stderr, f"{fragment!r} not in: {proc.stderr[-800:]}"
+    assert "Epoch" not in proc.stdout, "training started despite the bad input"
