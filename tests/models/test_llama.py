@@ -159,6 +159,19 @@ def test_default_config_is_sized_like_gpt():
     assert (tiny.n_layer, tiny.d_model, tiny.max_seq_len) == (2, 32, 128)
 
 
+@pytest.mark.parametrize("position", POSITIONS)
+def test_default_llama_has_gpts_parameters_within_5_percent(position):
+    """What bench/architectures.py compares: model=gpt and model=llama (any position) at the same size."""
+    from hydra.utils import instantiate
+
+    def params(overrides: list[str]) -> int:
+        with torch.device("meta"):
+            return instantiate(compose([*overrides, "model.net.vocab_size=2048"]).model.net).num_parameters()
+
+    gpt = params(["model=gpt"])
+    assert abs(params(["model=llama", f"model.net.position={position}"]) / gpt - 1) < 0.05
+
+
 @pytest.mark.parametrize("variant", ["rope", "learned", "layernorm-gelu"])
 def test_meta_device_build_gets_the_eager_weights(variant):
     kw = {"vocab_size": V, "max_seq_len": 48, "n_layer": 2, "n_head": 4, "d_model": 32, **VARIANTS[variant]}
