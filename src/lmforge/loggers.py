@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from lmforge.console import say
 from lmforge.errors import ConfigError
 from lmforge.perf import PERF_METRICS
 from lmforge.run_naming import multirun_group, run_name
@@ -124,7 +125,7 @@ class RunLogger(WandbLogger):
         self._experiment = None
         if offline:
             info = json.loads((Path(self.save_dir) / "wandb" / RUN_FILE).read_text())
-            print(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
+            say(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
 
 
 def finish_loggers(loggers: list, summary: dict[str, Any], run_dir: str | Path) -> None:

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lmforge.console import say
+
 TABLE_KEY = "samples"
 TABLE_COLUMNS = ["step", "sample", "text"]
 
@@ -99,7 +101,7 @@ class GeneratedSamples(L.Callback):
         text = "\n\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(self.samples))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "samples.txt").write_text(text + "\n", encoding="utf-8")
-        print(f"\nSamples after {trainer.global_step} steps:\n{text}\n")
+        say(f"\nSamples after {trainer.global_step} steps:\n{text}\n")
 
     def summary(self) -> dict:
         return {"file": "samples.txt", "count": len(self.samples)} if self.samples else {}

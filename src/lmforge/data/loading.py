@@ -12,21 +12,21 @@ Under DDP, Lightning replaces a loader's sampler by a DistributedSampler unless 
 one. Ours subclasses DistributedSampler and shards the shuffled blocks by rank itself, so each
 rank gets a disjoint share and the skip-on-resume logic stays ours.
 
-Batch builders that draw random numbers (MLM masking, span corruption) take an `rng` keyword:
-`BatchCollator` passes a generator seeded from the loader seed and the batch's block indices,
-so a batch is the same for a seed whatever the number of workers, and after a resume.
+Every batch builder is called as `builder(blocks, rng)` (lmforge.protocols.BatchBuilder): `BatchCollator` passes a
+generator seeded from the loader seed and the batch's block indices, so a batch that draws random numbers (MLM
+masking, span corruption) is the same for a seed whatever the number of workers, and after a resume.
 """
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lmforge.data.token_cache import ShardedTokens
+from lmforge.protocols import BatchBuilder
 
 
 class Blocks(list):
@@ -59,20 +59,14 @@ class TokenBlocks(Dataset):
 
 
 class BatchCollator:
-    """The objective's batch builder as a collate function; hands it a per-batch `rng` if it takes one."""
+    """The objective's batch builder as a collate function, with a generator seeded for this batch."""
 
-    def __init__(self, builder: Callable, seed: int):
+    def __init__(self, builder: BatchBuilder, seed: int):
         self.builder, self.seed = builder, seed
-        try:
-            self.wants_rng = "rng" in inspect.signature(builder).parameters
-        except (TypeError, ValueError):
-            self.wants_rng = False
 
-    def __call__(self, blocks):
-        if not self.wants_rng:
-            return self.builder(blocks)
-        indices = getattr(blocks, "indices", None) or []
-        return self.builder(blocks, rng=np.random.default_rng([self.seed, *indices]))
+    def __call__(self, blocks: list[np.ndarray]):
+        indices = getattr(blocks, "indices", None) or []  # a plain list when torch's fetcher calls per item
+        return self.builder(blocks, np.random.default_rng([self.seed, *indices]))
 
 
 class ResumableSampler(DistributedSampler):

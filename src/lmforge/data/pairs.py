@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from lmforge.data.corpus import Document, read_text
+from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
@@ -371,7 +373,20 @@ class PairsDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def set_batch_builder(self, builder) -> None:
+    def summary_facts(self) -> dict[str, Any]:
+        return data_facts(self.corpus.name, self.cache.meta, self.vocab_size)
+
+    @property
+    def block_len(self) -> int:
+        return self.batch_builder.block_len
+
+    @property
+    def block_builder(self) -> None:
+        """None: batches are pairs padded to the longest in each, not blocks of the token stream, so no one batch
+        has the shapes of all (the pre-run FLOP forecast falls back to 6 x params x tokens)."""
+        return None
+
+    def set_batch_builder(self, builder: Any) -> None:
         if not hasattr(builder, "pair_collator"):
             raise ConfigError(
                 "data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
@@ -400,7 +415,7 @@ class PairsDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_sampler=batches,
-            collate_fn=self.collate,
+            collate_fn=self.collate.for_split(split),
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,

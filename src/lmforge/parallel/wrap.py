@@ -109,7 +109,7 @@ def configure_model(objective) -> None:
 
     if getattr(objective, "_lmforge_configured", False):
         return
-    options = objective.scale_options or ScaleOptions()
+    options = objective.scale_options
     net, strategy = objective.net, objective.trainer.strategy
     sharded = isinstance(strategy, FSDP2Strategy)
     blocks = transformer_blocks(net) if (sharded or options.activation_checkpointing or options.compile) else []
