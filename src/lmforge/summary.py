@@ -1,4 +1,4 @@
-"""`summary.json`: the one file reports and sweeps read from a run folder (its keys: README, "What a run leaves behind")."""
+"""`summary.json`: the one file reports and sweeps read from a run folder (README: "What a run leaves behind")."""
 
 from __future__ import annotations
 

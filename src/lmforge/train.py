@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -31,7 +31,7 @@ from lmforge.config_tree import print_config_tree
 from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
@@ -60,11 +60,18 @@ def round_up(n: int, multiple: int) -> int:
 # ------------------------------------------------------------------ phases
 
 
+def objective_class(cfg: DictConfig) -> type[LMObjective]:
+    cls = get_class(cfg.model._target_)
+    if not issubclass(cls, LMObjective):
+        raise ConfigError(f"model._target_={cfg.model._target_!r} is not an objective (a subclass of LMObjective).")
+    return cls
+
+
 def build_data(cfg: DictConfig) -> RunData:
     """The data module with its tokenizer fitted or loaded and the corpus tokenized (the objective's special
     tokens are in the vocabulary)."""
     datamodule = instantiate(cfg.data)
-    datamodule.build(get_class(cfg.model._target_).special_tokens)
+    datamodule.build(objective_class(cfg).special_tokens)
     return datamodule
 
 
@@ -73,7 +80,7 @@ def build_objective(
 ) -> LMObjective:
     """The objective and its net. A net from the config gets the tokenizer's vocabulary size (rounded up) and
     special ids, written into cfg so config.yaml shows them; a net from model.init_from must fit the tokenizer."""
-    objective_cls = get_class(cfg.model._target_)
+    objective_cls = objective_class(cfg)
     if init_net is None:
         with open_dict(cfg):
             cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
@@ -134,13 +141,15 @@ def write_header(
     console's account of what is about to be trained."""
     if not trainer.is_global_zero:
         return
+    if datamodule.tokenizer_path is None:
+        raise RuntimeError("the data module's build() made no tokenizer")
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(datamodule.tokenizer_path, run_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(resolved(cfg))
     data, scale = summary["data"], summary["scale"]
     say(
         f"{model.name} model '{summary['model']}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
@@ -162,14 +171,15 @@ class Outcome:
     exception: BaseException | None = None
 
 
-def fit(cfg: DictConfig, trainer: L.Trainer, model: LMObjective, datamodule: RunData) -> Outcome:
+def fit(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any], model: LMObjective, data: RunData) -> Outcome:
     """Train, then validate at the last step unless the run was interrupted or a callback ended it on purpose.
     Never raises: an exception (Ctrl-C included) is returned in the outcome."""
+    datamodule = cast(L.LightningDataModule, data)  # RunData is what lmforge adds to a LightningDataModule
     outcome = Outcome()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         outcome.metrics = _final_metrics(trainer)  # validate() below resets the trainer's metrics
-        stopped_as = _stopped_as(trainer)  # a callback that ended the run on purpose names it, e.g. "pruned"
+        stopped_as = _stopped_as(callbacks)  # a callback that ended the run on purpose names it, e.g. "pruned"
         if not trainer.interrupted and not stopped_as:  # a final validation at the last step
             trainer.validate(model, datamodule=datamodule, verbose=False)
         outcome.status = "interrupted" if trainer.interrupted else stopped_as or "completed"
@@ -181,7 +191,12 @@ def fit(cfg: DictConfig, trainer: L.Trainer, model: LMObjective, datamodule: Run
 
 
 def summarize(
-    header: dict[str, Any], outcome: Outcome, trainer: L.Trainer, model: LMObjective, started: float
+    header: dict[str, Any],
+    outcome: Outcome,
+    trainer: L.Trainer,
+    callbacks: list[Any],
+    model: LMObjective,
+    started: float,
 ) -> dict[str, Any]:
     """summary.json's content: the header facts, what fit did, and the sections callbacks own."""
     summary = {**header, "status": outcome.status, "metrics": outcome.metrics}
@@ -190,7 +205,7 @@ def summarize(
     summary.update(steps=trainer.global_step, tokens=model.tokens_seen, wall_time_s=time.time() - started)
     summary["metrics"] = {**summary["metrics"], **_final_metrics(trainer)}
     summary["perf"] = {"device": str(trainer.strategy.root_device)}  # the throughput callback adds its figures
-    for cb in trainer.callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
+    for cb in callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
         if isinstance(cb, SummarySection):
             section = cb.summary()
             if section:
@@ -217,7 +232,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options)
     # Checkpoints carry the resolved config as it is now: with the vocabulary, accumulation and steps filled in.
     # The budget needs the batch builder's block length, which the objective makes, so this one fact comes last.
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = resolved(cfg)
 
     header = header_summary(cfg, model, datamodule, scale)
     write_header(cfg, run_dir, model, datamodule, trainer, header)
@@ -226,8 +241,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if estimate:
         header["emissions"] = {"estimate": estimate}
 
-    outcome = fit(cfg, trainer, model, datamodule)
-    summary = summarize(header, outcome, trainer, model, started)
+    outcome = fit(cfg, trainer, callbacks, model, datamodule)
+    summary = summarize(header, outcome, trainer, callbacks, model, started)
     try:
         if trainer.is_global_zero:
             write_summary(run_dir, summary)
@@ -249,6 +264,11 @@ def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
     return [instantiate(c, **kwargs) for c in group.values() if c is not None and "_target_" in c]
 
 
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations resolved: what checkpoints and loggers keep."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+
+
 def _hydra_info() -> tuple[str, list[str]]:
     if not HydraConfig.initialized():
         return "unknown", []
@@ -261,10 +281,8 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("perf/")}
 
 
-def _stopped_as(trainer: L.Trainer) -> str | None:
-    return next(
-        (cb.final_status for cb in trainer.callbacks if isinstance(cb, EndsRunOnPurpose) and cb.final_status), None
-    )
+def _stopped_as(callbacks: list[Any]) -> str | None:
+    return next((cb.final_status for cb in callbacks if isinstance(cb, EndsRunOnPurpose) and cb.final_status), None)
 
 
 def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:

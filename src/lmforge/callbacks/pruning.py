@@ -98,9 +98,10 @@ class OptunaPruning(L.Callback):
             self.final_status = "pruned"
             trainer.should_stop = True
             if trainer.is_global_zero:
+                value = float(trainer.callback_metrics[str(self.monitor)])
                 say(
-                    f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}="
-                    f"{float(trainer.callback_metrics[self.monitor]):.4f} is behind the other trials."
+                    f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}={value:.4f} is behind the "
+                    "other trials."
                 )
 
     def summary(self) -> dict[str, Any]:

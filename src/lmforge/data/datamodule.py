@@ -70,7 +70,7 @@ class LMDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.token_dtype, self.shard_tokens = token_dtype, shard_tokens
-        self.tokenizer = None
+        self.tokenizer: Any = None  # a tokenizers.Tokenizer, once build() ran
         self.tokenizer_path: Path | None = None
         self.cache: TokenCache | None = None
         self.special_ids: dict[str, int] = {}
@@ -109,7 +109,7 @@ class LMDataModule(L.LightningDataModule):
         return self.tokenizer.get_vocab_size()
 
     def summary_facts(self) -> dict[str, Any]:
-        return data_facts(self.corpus.name, self.cache.meta, self.vocab_size)
+        return data_facts(self.corpus.name, self._cache().meta, self.vocab_size)
 
     @property
     def block_len(self) -> int:
@@ -122,13 +122,13 @@ class LMDataModule(L.LightningDataModule):
     def set_batch_builder(self, builder: BatchBuilder) -> None:
         self.batch_builder = builder
         for split in ("train", "val"):
-            n = self.cache.meta["tokens"][split]
+            n = self._cache().meta["tokens"][split]
             if n < builder.block_len:
                 raise DataError(
                     f"the {split} split of {self.corpus.name} has {n} tokens, fewer than one block of "
                     f"{builder.block_len} (data.seq_len={self.seq_len}). Add text or lower data.seq_len."
                 )
-        n_blocks = self.cache.meta["tokens"]["train"] // builder.block_len
+        n_blocks = self._cache().meta["tokens"]["train"] // builder.block_len
         if n_blocks < self.batch_size:
             raise DataError(
                 f"the train split of {self.corpus.name} has {n_blocks} blocks of {builder.block_len} tokens, fewer "
@@ -136,13 +136,18 @@ class LMDataModule(L.LightningDataModule):
                 "data.seq_len."
             )
 
+    def _cache(self) -> TokenCache:
+        if self.cache is None:
+            raise RuntimeError("LMDataModule.build() must run first")
+        return self.cache
+
     def _builder(self) -> BatchBuilder:
         if self.batch_builder is None:
             raise RuntimeError("LMDataModule.build() and set_batch_builder() must run before loaders are made")
         return self.batch_builder
 
     def _dataset(self, split: str) -> TokenBlocks:
-        return TokenBlocks(self.cache.tokens(split), self.block_len)
+        return TokenBlocks(self._cache().tokens(split), self.block_len)
 
     def _loader_kwargs(self) -> dict:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
@@ -162,7 +167,7 @@ class LMDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         if len(sampler) < self.batch_size:
             raise DataError(
-                f"the train split has {len(dataset)} blocks of {self.batch_builder.block_len} tokens"
+                f"the train split has {len(dataset)} blocks of {self.block_len} tokens"
                 f"{f' ({len(sampler)} per rank over {world} ranks)' if world > 1 else ''}, fewer than one batch of "
                 f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len."
             )

@@ -20,7 +20,8 @@ masking, span corruption) is the same for a seed whatever the number of workers,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -89,7 +90,7 @@ class ResumableSampler(DistributedSampler):
         return self._skip if self._skip_epoch == self.epoch else 0
 
     def order(self, epoch: int) -> np.ndarray:
-        n = len(self.dataset)
+        n = len(cast(Sized, self.dataset))  # TokenBlocks has a length
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         return order[: self.total_size][self.rank :: self.num_replicas]
 
@@ -104,16 +105,22 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Lightning may rebuild the loader with another sampler (trainer.overfit_batches uses a sequential
-        # one); it is then a plain DataLoader with nothing to resume.
-        self.resumable = isinstance(self.sampler, ResumableSampler) and self.batch_size is not None and self.drop_last
+        self.resumable = self._resumable() is not None
         self._batches = 0  # batches handed out in the current epoch
 
+    def _resumable(self) -> tuple[ResumableSampler, int] | None:
+        """The sampler and batch size to resume by. None when Lightning rebuilt the loader with another sampler
+        (trainer.overfit_batches uses a sequential one): it is then a plain DataLoader with nothing to resume."""
+        if isinstance(self.sampler, ResumableSampler) and self.batch_size is not None and self.drop_last:
+            return self.sampler, self.batch_size
+        return None
+
     def __iter__(self):
-        if not self.resumable:
+        if (resumable := self._resumable()) is None:
             return super().__iter__()
+        sampler, batch_size = resumable
         # read the skip first: with workers, super().__iter__() already starts drawing indices
-        self._batches = self.sampler.pending_skip // self.batch_size
+        self._batches = sampler.pending_skip // batch_size
         return self._counting(super().__iter__())
 
     def _counting(self, it):
@@ -122,29 +129,29 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict:
-        if not self.resumable:
+        if (resumable := self._resumable()) is None:
             return {}
-        s = self.sampler
+        s, batch_size = resumable
         return {
             "epoch": s.epoch,
             "batches": self._batches,
             "seed": s.seed,
             "shuffle": s.shuffle,
             "num_replicas": s.num_replicas,
-            "batch_size": self.batch_size,
-            "num_blocks": len(s.dataset),
+            "batch_size": batch_size,
+            "num_blocks": len(cast(Sized, s.dataset)),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not self.resumable or not state:
+        if (resumable := self._resumable()) is None or not state:
             return
-        s = self.sampler
+        s, batch_size = resumable
         same = {
             "seed": s.seed,
             "shuffle": s.shuffle,
             "num_replicas": s.num_replicas,
-            "batch_size": self.batch_size,
-            "num_blocks": len(s.dataset),
+            "batch_size": batch_size,
+            "num_blocks": len(cast(Sized, s.dataset)),
         }
         changed = {k: (state.get(k), v) for k, v in same.items() if state.get(k) != v}
         epoch, batches = int(state["epoch"]), int(state["batches"])
@@ -158,5 +165,5 @@ class ResumableDataLoader(DataLoader):
                 stacklevel=2,
             )
             batches = 0
-        s.skip_next(batches * self.batch_size)
+        s.skip_next(batches * batch_size)
         self._batches = batches

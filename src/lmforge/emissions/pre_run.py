@@ -53,7 +53,7 @@ def pre_run_estimate(
     """Print the estimate (global rank 0) and hand it to the emissions callback for summary.json."""
     tracker = next((c for c in callbacks if isinstance(c, EmissionsCallback)), None)
     net = cfg.model.net
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if tracker is not None:
         kwargs = dict(
             country_iso_code=tracker.country_iso_code,

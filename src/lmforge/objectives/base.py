@@ -11,7 +11,7 @@ An objective subclasses `LMObjective` and provides:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import lightning as L
 import torch
@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
 from lmforge.parallel.wrap import ScaleOptions
+from lmforge.protocols import Net
 
 # Lightning's log_every_n_steps when a run turns logging off (0): how often the loss is still checked for NaN.
 CHECK_EVERY_WITHOUT_LOGS = 50
@@ -98,7 +99,8 @@ class LMObjective(L.LightningModule):
         """True in the optimizer step whose metrics Lightning writes to the loggers: its own rule, `(steps done + 1)
         % trainer.log_every_n_steps == 0` (steps done is the fit loop's `_batches_that_stepped`, which is
         `global_step` with one optimizer)."""
-        every = self.trainer.log_every_n_steps or CHECK_EVERY_WITHOUT_LOGS
+        # Lightning's logger connector sets log_every_n_steps on the Trainer; the class does not declare it
+        every = self.trainer.log_every_n_steps or CHECK_EVERY_WITHOUT_LOGS  # type: ignore[attr-defined]
         return (self.trainer.global_step + 1) % every == 0
 
     def _stop_if_loss_diverged(self, loss: torch.Tensor) -> None:
@@ -130,8 +132,9 @@ class LMObjective(L.LightningModule):
             self.log("grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
     # -- optimisation --
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+    def configure_optimizers(self) -> Any:  # Lightning's OptimizerLRSchedulerConfig, as a plain dict
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in self.net.parameters():
             if p.requires_grad:
                 # Matrices (linear and embedding weights) decay; biases and norm gains do not.
@@ -162,7 +165,7 @@ class LMObjective(L.LightningModule):
         checkpoint["lmforge"] = {
             "objective": self.name,
             "net_class": net_class_path(self.net),
-            "net_config": self.net.config_dict(),
+            "net_config": cast(Net, self.net).config_dict(),
             "tokens_seen": self.tokens_seen,
             "config": self.run_config,
             "init_from": self.init_from,

@@ -10,13 +10,15 @@ uninitialised), drawing random values only through `torch.nn.init`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from lmforge.protocols import Net
 
 
 def wants_meta_init(cfg: DictConfig) -> bool:
@@ -71,7 +73,7 @@ def materialize(net: nn.Module, device: torch.device, seed: int) -> None:
     _retie(net, ties)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), _FullTensorInit():
         torch.manual_seed(seed)
-        net.init_weights()
+        cast(Net, net).init_weights()
     _zero_padding_rows(net)
 
 

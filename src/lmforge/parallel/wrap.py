@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import types
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
+from lmforge.protocols import Net
 
 COMPILE_CHOICES = {
     False: None,
@@ -59,7 +61,7 @@ def transformer_blocks(net: nn.Module) -> list[nn.Module]:
     """The repeated blocks of a net: `net.transformer_blocks()` where defined (T5: encoder then decoder blocks),
     else the ModuleList `net.blocks` (GPT, BERT)."""
     if callable(getattr(net, "transformer_blocks", None)):
-        return list(net.transformer_blocks())
+        return list(cast(Net, net).transformer_blocks())
     blocks = getattr(net, "blocks", None)
     if isinstance(blocks, nn.ModuleList):
         return list(blocks)
