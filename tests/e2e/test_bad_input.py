@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -118,3 +119,8 @@ def test_diverging_loss_stops_within_log_every_n_steps_and_keeps_checkpoints(tex
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 10  # the validation at step 10 saved it; nothing after overwrote it
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    # the gradient norm is computed only in logging steps, and logged in every one of them
+    loss_steps = {r["step"] for r in rows if r.get("train/loss")}
+    assert loss_steps and loss_steps == {r["step"] for r in rows if r.get("grad_norm")}

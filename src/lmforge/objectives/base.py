@@ -50,6 +50,7 @@ class LMObjective(L.LightningModule):
         self.val_loss = MeanMetric()
         self.tokens_seen = 0  # input tokens consumed in training, summed over ranks
         self.scale_options = scale_options or ScaleOptions()  # compile, activation checkpointing, init seed
+        self.configured_for_scale = False  # parallel/wrap.py applied scale_options (Lightning asks for fit and again)
         self._nonfinite_loss: torch.Tensor | None = None  # on the device: a non-finite loss since the last check
 
     # -- to be provided by each objective --

@@ -109,7 +109,7 @@ def configure_model(objective) -> None:
     from lmforge.parallel.fsdp import FSDP2Strategy
     from lmforge.parallel.init import materialize
 
-    if getattr(objective, "_lmforge_configured", False):
+    if objective.configured_for_scale:
         return
     options = objective.scale_options
     net, strategy = objective.net, objective.trainer.strategy
@@ -121,7 +121,7 @@ def configure_model(objective) -> None:
     if sharded:
         strategy.shard(net, blocks, objective.trainer.precision)
     materialize(net, strategy.root_device, options.init_seed)  # only a net still on the meta device
-    objective._lmforge_configured = True
+    objective.configured_for_scale = True
 
 
 def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
