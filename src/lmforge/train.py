@@ -242,14 +242,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         header["emissions"] = {"estimate": estimate}
 
     outcome = fit(cfg, trainer, callbacks, model, datamodule)
-    summary = summarize(header, outcome, trainer, callbacks, model, started)
     try:
+        summary = summarize(header, outcome, trainer, callbacks, model, started)
         if trainer.is_global_zero:
             write_summary(run_dir, summary)
             _print_run_folder(run_dir, summary)
         finish_loggers(trainer.loggers, summary, run_dir)  # W&B: close the run, print `wandb sync` if offline
     finally:
-        if outcome.exception is not None:
+        if outcome.exception is not None:  # what ended fit, not a later error about the summary
             raise outcome.exception
     return summary
 
