@@ -75,10 +75,11 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> fl
     return v
 
 
-def training_flops(
+def formula_training_flops(
     params: float, tokens: float, *, n_layer: int | None = None, d_model: int | None = None, seq_len: int | None = None
 ) -> float:
-    """Training FLOPs: 6·N·D, plus 12·L·d·T·D for attention when the shape is known."""
+    """Training FLOPs from counts alone, before any net exists: 6·N·D, plus 12·L·d·T·D for attention when the
+    shape is known. (lmforge.flops counts a built net's step exactly instead.)"""
     n = _positive("params", params)
     d = _positive("tokens", tokens)
     flops = 6.0 * n * d
@@ -149,7 +150,7 @@ def estimate(
         if flops is None:
             if params is None or tokens is None:
                 raise EstimateError("give both --params and --tokens (or --flops)")
-            flops = training_flops(params, tokens, n_layer=n_layer, d_model=d_model, seq_len=seq_len)
+            flops = formula_training_flops(params, tokens, n_layer=n_layer, d_model=d_model, seq_len=seq_len)
         flops = _positive("flops", flops)
         if accelerator is None:
             raise EstimateError("--accelerator NAME is needed to turn FLOPs into time")
