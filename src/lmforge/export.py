@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from hydra.utils import get_class
 from torch import nn
 
+from lmforge.checkpoints import read_checkpoint
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.models import registry
 
 OBJECTIVES = {
     "clm": "lmforge.objectives.clm.CausalLM",
@@ -31,35 +32,15 @@ OBJECTIVES = {
 }
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint file, or a sharded checkpoint folder (trainer=fsdp) gathered into full tensors."""
-    path = Path(path)
-    if path.is_dir():
-        from lmforge.parallel.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(path)
-    elif not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r}: no such file. Give a .ckpt from <run dir>/checkpoints/.")
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "lmforge" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} was not written by lmforge (no 'lmforge' section); "
-            "export checkpoints from <run dir>/checkpoints/."
-        )
-    return ckpt
-
-
 def net_from_checkpoint(ckpt: dict) -> nn.Module:
     """The trained net, rebuilt from the checkpoint's net class, config and weights (fp32, eval)."""
     meta = ckpt["lmforge"]
     net = get_class(meta["net_class"])(**meta["net_config"])
-    state = {}
-    for key, value in ckpt["state_dict"].items():
-        if key.startswith("net."):
-            # a torch.compile'd net saves its weights under _orig_mod.
-            state[key[len("net.") :].replace("_orig_mod.", "", 1)] = value.float()
-    net.load_state_dict(state)
+    # Parameter names are the net's own: compile and activation checkpointing are applied in place
+    # (lmforge/parallel/wrap.py), so no `_orig_mod.` or wrapper prefix ever lands in a checkpoint.
+    net.load_state_dict(
+        {k.removeprefix("net."): v.float() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    )
     return net.eval()
 
 
@@ -95,6 +76,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
 
     checkpoint = Path(checkpoint)
     ckpt = read_checkpoint(checkpoint)
+    if registry.family_of(get_class(ckpt["lmforge"]["net_class"])) is None:
+        raise ConfigError(
+            f"checkpoint {str(checkpoint)!r} holds a {ckpt['lmforge']['net_class']}, which is no registered model "
+            f"family ({', '.join(registry.FAMILIES)}; lmforge/models/registry.py), so it has no Hugging Face export."
+        )
     net = net_from_checkpoint(ckpt)
     tokenizer_json = Path(tokenizer) if tokenizer else find_tokenizer(checkpoint)
     if tokenizer_json is None or not tokenizer_json.is_file():

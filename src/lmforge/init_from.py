@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models import registry
+from lmforge.protocols import Net
 from lmforge.validate import check_context
 
 
@@ -41,12 +43,13 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
         net = load_hf_folder(folder)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.init_from={path!r}: {e}") from None
+    assert isinstance(net, Net)  # every registered family's net is one (lmforge/protocols.py)
     expected = get_class(cfg.model.net._target_)
     if type(net) is not expected:
-        family = {"GPT": "gpt", "BERT": "bert", "T5": "t5"}.get(type(net).__name__, "?")
+        family = registry.family_of(net)
         raise ConfigError(
             f"model.init_from={path!r} holds a {type(net).__name__} checkpoint, but the chosen model "
-            f"trains a {expected.__name__}; use model={family} with it."
+            f"trains a {expected.__name__}; use model={family.model_config if family else '?'} with it."
         )
     tokenizer_json = folder / "tokenizer.json"
     with open_dict(cfg):
@@ -74,6 +77,7 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
 
 def check_vocab_fits(net: nn.Module, vocab_size: int, special_ids: dict[str, int], init_from: str) -> None:
     """The data tokenizer's ids, the objective's special tokens included, must index the net's embeddings."""
+    assert isinstance(net, Net)
     n = net.config.vocab_size
     too_big = {role: i for role, i in special_ids.items() if i >= n}
     if vocab_size > n or too_big:

@@ -115,3 +115,50 @@ class RunData(Protocol):
         blocks has the shapes of all: the pre-run forecast counts FLOPs on it); None for data served otherwise
         (padded seq2seq pairs), said up front rather than found by trying."""
         ...
+
+
+@runtime_checkable
+class CausalNet(Protocol):
+    """A decoder-only net as lmforge.generation.sample drives it: called with token ids, logits (batch, time,
+    vocab) back; with `use_cache`, also the KV cache to pass back as `past_key_values` with only the new tokens."""
+
+    @property
+    def max_seq_len(self) -> int: ...
+
+    def __call__(self, input_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any: ...
+
+
+@runtime_checkable
+class EncoderDecoderNet(Protocol):
+    """An encoder-decoder net as lmforge.generation's greedy and beam search drive it. `config` has
+    `decoder_start_token_id` (the first decoder input) and `pad_token_id` (after a row's eos)."""
+
+    config: Any
+
+    @property
+    def max_seq_len(self) -> int: ...
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> Any:
+        """Logits (batch, time, vocab); with `use_cache`, (logits, cache) and only new tokens on later calls."""
+        ...
+
+    def reorder_cache(self, cache: Any, index: torch.Tensor) -> Any:
+        """The cache with its batch rows picked by `index` (beam search follows its surviving beams)."""
+        ...
+
+
+@runtime_checkable
+class NeedsTokenizer(Protocol):
+    """An objective that uses the tokenizer beyond building batches (seq2seq decodes its predictions to text for
+    BLEU). lmforge.train hands both over explicitly, once, before training."""
+
+    def bind_tokenizer(self, tokenizer: Any, special_ids: dict[str, int]) -> None: ...

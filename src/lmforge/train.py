@@ -40,7 +40,7 @@ from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
-from lmforge.protocols import EndsRunOnPurpose, RunData, SummarySection
+from lmforge.protocols import EndsRunOnPurpose, NeedsTokenizer, RunData, SummarySection
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -229,6 +229,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.set_batch_builder(
         model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
     )
+    if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
+        model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
     trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options)
     # Checkpoints carry the resolved config as it is now: with the vocabulary, accumulation and steps filled in.
     # The budget needs the batch builder's block length, which the objective makes, so this one fact comes last.

@@ -95,6 +95,18 @@ def test_validation_spans_are_fixed_training_spans_fresh():
     assert torch.equal(val(blocks)["input_ids"], val(blocks)["input_ids"])
 
 
+def test_the_batch_builder_leaves_the_objective_as_it_was():
+    """What decoding and BLEU need comes from bind_tokenizer, explicitly: building batches changes nothing."""
+    model = objective()
+    before = {k: v for k, v in vars(model).items() if not k.startswith("_")}
+    model.batch_builder(32, SPECIAL, tokenizer=word_tokenizer())
+    assert {k: v for k, v in vars(model).items() if not k.startswith("_")} == before
+    assert model.eos_id is None and model.tokenizer is None
+    tok = word_tokenizer()
+    model.bind_tokenizer(tok, SPECIAL)
+    assert model.eos_id == SPECIAL["eos"] and model.tokenizer is tok
+
+
 def test_pairs_are_padded_dynamically_and_truncated():
     collate = objective().batch_builder(32, SPECIAL).pair_collator(max_source_len=6, max_target_len=4)
     pairs = [
@@ -115,7 +127,7 @@ def test_pairs_are_padded_dynamically_and_truncated():
 def random_model(seed: int = 0) -> Seq2SeqLM:
     torch.manual_seed(seed)
     model = objective(vocab=V)
-    model.batch_builder(32, SPECIAL)  # sets eos
+    model.bind_tokenizer(None, SPECIAL)  # eos: where decoding stops
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # peaked distributions, so decoding paths differ
@@ -226,7 +238,8 @@ def reversal_pairs(n: int, seed: int) -> list[TokenPair]:
 def test_seq2seq_learns_to_reverse_sequences(tmp_path, one_thread):
     torch.manual_seed(0)
     model = objective(lr=3e-3)
-    collate = model.batch_builder(32, SPECIAL, tokenizer=word_tokenizer()).pair_collator(16, 16)
+    model.bind_tokenizer(word_tokenizer(), SPECIAL)  # BLEU decodes the predictions
+    collate = model.batch_builder(32, SPECIAL).pair_collator(16, 16)
     train = DataLoader(reversal_pairs(20000, seed=1), batch_size=64, shuffle=True, collate_fn=collate)
     val_pairs = reversal_pairs(200, seed=2)
     val = DataLoader(val_pairs, batch_size=100, collate_fn=collate)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lmforge import generation
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
 from lmforge.models.t5 import T5
@@ -46,6 +47,16 @@ def _generation_calls(net: torch.nn.Module, ids: torch.Tensor) -> None:
     _loss(net, ids)
     if isinstance(net, T5):
         net.decode(ids[:, :3], net.encode(ids))
+
+
+def _decode(net: torch.nn.Module, ids: torch.Tensor, rank: int) -> torch.Tensor:
+    """lmforge.generation's call for the family (it gathers the weights itself, inside inference mode); the lengths
+    differ per rank, so ranks make different numbers of forwards inside one gathering."""
+    if isinstance(net, T5):
+        return generation.beam_search(net, ids, max_new_tokens=2 + 3 * rank, num_beams=2)
+    if isinstance(net, GPT):
+        return generation.sample(net, ids[:, :4], 2 + 3 * rank, temperature=0.0)
+    return generation.fill_mask(net, ids)
 
 
 def _reference(name: str):
@@ -95,6 +106,7 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
             with torch.no_grad(), full_weights(net), full_weights(net):
                 for _ in range(rank + 1):
                     _generation_calls(net, ids)
+            decoded_same = torch.equal(_decode(net, ids, rank), _decode(ref, ids, rank))
             dist.barrier()
             first = next(iter(net.parameters()))  # the module's parameter now (FSDP swaps in gathered ones)
             resharded = hasattr(first, "to_local") and first.to_local().shape[0] == local_rows
@@ -108,6 +120,7 @@ def _worker(rank: int, port: int, names: list[str], queue) -> None:
                 norm_err=abs(norms[0] - norms[1]),
                 clip_err=clip_err,
                 resharded=resharded,
+                decoded_same=decoded_same,
             )
         dist.barrier()  # no rank tears down while the other still finishes its last collective
     finally:
@@ -139,6 +152,7 @@ def test_sharded_net_matches_one_process(sharded_results, name):
     assert r["grad_err"] < 1e-5
     assert r["norm_err"] < 1e-5 and r["clip_err"] < 1e-8, "clipping sharded gradients must match one process"
     assert r["resharded"], "full_weights() must leave the weights sharded again"
+    assert r["decoded_same"], "lmforge.generation on the sharded net must decode as the one-process net"
 
 
 def test_weights_are_split_across_ranks(sharded_results):

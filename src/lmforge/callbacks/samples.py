@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lmforge.console import say
+from lmforge.errors import ConfigError
+from lmforge.generation import check_top_p
+from lmforge.objectives.base import LMObjective
 
 TABLE_KEY = "samples"
 TABLE_COLUMNS = ["step", "sample", "text"]
@@ -36,13 +38,19 @@ class GeneratedSamples(L.Callback):
         prompt: str = "",
         seed: int = 0,
         every_validation: bool = True,
+        top_p: float | None = None,
     ):
+        try:
+            check_top_p(top_p)
+        except ValueError as e:
+            raise ConfigError(f"callbacks.samples.{e}") from None
         self.output_dir = Path(output_dir)
         self.kwargs = dict(
             num_samples=num_samples,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
+            top_p=top_p,
             prompt=prompt,
             seed=seed,
         )
@@ -71,16 +79,17 @@ class GeneratedSamples(L.Callback):
         self._write(trainer)
 
     def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, log_table: bool) -> None:
-        from lmforge.parallel.fsdp import full_weights
         from lmforge.parallel.wrap import is_sharded
 
-        # A sharded model (FSDP) needs every rank in each forward: then all ranks generate (the same text).
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        if tokenizer is None or not (trainer.is_global_zero or is_sharded(pl_module)):
+        # A sharded model (FSDP) needs every rank to gather its weights: then all ranks generate (the same text).
+        # lmforge.generation gathers them (full_weights) and runs eagerly, once per decoding call.
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning in fit; not declared on Trainer
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if not isinstance(pl_module, LMObjective) or tokenizer is None:
             return
-        # With compile=true, generation's growing KV cache would recompile every block at each length: run eager.
-        with torch.compiler.set_stance("force_eager"), full_weights(pl_module):
-            samples = pl_module.sample_texts(tokenizer, **self.kwargs)
+        if not (trainer.is_global_zero or is_sharded(pl_module)):
+            return
+        samples = pl_module.sample_texts(tokenizer, **self.kwargs)
         self._step = trainer.global_step
         if not trainer.is_global_zero:
             return

@@ -7,11 +7,14 @@ Knows nothing of Lightning or of losses: `forward` maps token ids to logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lmforge.flops import attention_flops, linear_flops
+from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
 from lmforge.models.layers import ACTIVATIONS, Attention, FeedForward, check_length, padding_mask
 
 
@@ -29,11 +32,7 @@ class BERTConfig:
     pad_token_id: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.net.d_model={self.d_model} is not divisible by model.net.n_head={self.n_head}; "
-                "choose d_model as a multiple of n_head"
-            )
+        check_heads_divide(self.d_model, self.n_head)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"model.net.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})"
@@ -56,7 +55,20 @@ class Block(nn.Module):
         return self.ln_2(x + self.drop(self.mlp(x)))
 
 
-class BERT(nn.Module):
+def bert_forward_flops(cfg: BERTConfig, batch: int, seq_len: int) -> int:
+    """Matmul FLOPs of one forward on (batch, seq_len) token ids (see lmforge/flops.py for what counts)."""
+    n, d = batch * seq_len, cfg.d_model
+    layer = (
+        4 * linear_flops(n, d, d)
+        + attention_flops(batch, seq_len, seq_len, d)
+        + linear_flops(n, d, cfg.d_ff)
+        + linear_flops(n, cfg.d_ff, d)
+    )
+    head = linear_flops(n, d, d) + linear_flops(n, d, cfg.vocab_size)  # transform + decoder over every position
+    return cfg.n_layer * layer + head
+
+
+class BERT(FamilyNet):
     """Bidirectional encoder with an MLM head. Build with keyword arguments of `BERTConfig`."""
 
     def __init__(self, **kwargs):
@@ -80,37 +92,16 @@ class BERT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re)draw every parameter. lmforge.parallel calls it to materialise a net built on the meta device."""
-        self.apply(self._init_weights)
+        self.apply(init_normal)  # BERT: N(0, 0.02) weights, zero biases, unit LayerNorms
         if self.config.pad_token_id is not None:  # after apply: the tied lm_head init drew over the pad row
             self.wte.weight[self.config.pad_token_id].zero_()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # BERT: N(0, 0.02) weights, zero biases, unit LayerNorms.
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    def position_parameters(self) -> list[nn.Parameter]:
+        return [self.wpe.weight, self.wtt.weight]
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.config.max_seq_len
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """All parameters; with `exclude_embeddings`, without the position and token-type tables
-        (the word embeddings stay: they are the tied output layer too), as GPT."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.wpe.weight.numel() + self.wtt.weight.numel()
-        return n
+    def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        b, t = batch["input_ids"].shape[:2]
+        return bert_forward_flops(self.config, b, t)
 
     def forward(
         self,

@@ -7,11 +7,15 @@ Knows nothing of Lightning or of losses: `forward` maps token ids to logits.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.flops import attention_flops, linear_flops
+from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
 
 # A KV cache is one (key, value) pair per layer, each (batch, heads, time, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -30,11 +34,7 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.net.d_model={self.d_model} is not divisible by model.net.n_head={self.n_head}; "
-                "choose d_model as a multiple of n_head"
-            )
+        check_heads_divide(self.d_model, self.n_head)
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,7 +97,20 @@ class Block(nn.Module):
         return x, present
 
 
-class GPT(nn.Module):
+def gpt_forward_flops(cfg: GPTConfig, batch: int, seq_len: int) -> int:
+    """Matmul FLOPs of one forward on (batch, seq_len) token ids (see lmforge/flops.py for what counts)."""
+    n, d, ff = batch * seq_len, cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    layer = (
+        linear_flops(n, d, 3 * d)
+        + linear_flops(n, d, d)  # fused qkv, output projection
+        + attention_flops(batch, seq_len, seq_len, d)
+        + linear_flops(n, d, ff)
+        + linear_flops(n, ff, d)
+    )
+    return cfg.n_layer * layer + linear_flops(n, d, cfg.vocab_size)  # + lm_head
+
+
+class GPT(FamilyNet):
     """Decoder-only transformer. Build with keyword arguments of `GPTConfig`."""
 
     def __init__(self, **kwargs):
@@ -116,37 +129,18 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re)draw every parameter. lmforge.parallel calls it to materialise a net built on the meta device."""
-        self.apply(self._init_weights)
+        self.apply(init_normal)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):  # the constructor's values, restated for meta-device builds
-            nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    def position_parameters(self) -> list[nn.Parameter]:
+        return [self.wpe.weight]
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.config.max_seq_len
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.wpe.weight.numel()
-        return n
+    def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        b, t = batch["input_ids"].shape[:2]
+        return gpt_forward_flops(self.config, b, t)
 
     def forward(
         self,

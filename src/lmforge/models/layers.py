@@ -6,13 +6,14 @@ GPT keeps its own fused-QKV causal attention: its only mask is causal, which SDP
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,  # exact erf GELU (HF "gelu", BERT)
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # HF "gelu_new" (GPT-2, T5 v1.1)

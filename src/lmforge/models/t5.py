@@ -9,11 +9,15 @@ one table per stack, shared by its layers), cross-attention, and a KV cache for 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
+from lmforge.flops import attention_flops, linear_flops
+from lmforge.models.base import FamilyNet
 from lmforge.models.layers import Attention, FeedForward, check_length, padding_mask
 
 # Per decoder layer: (self_k, self_v, cross_k, cross_v), each (batch, heads, time, d_kv).
@@ -163,7 +167,30 @@ class Stack(nn.Module):
         return self.drop(self.ln_f(x)), presents
 
 
-class T5(nn.Module):
+def t5_forward_flops(cfg: T5Config, batch: int, src_len: int, tgt_len: int) -> int:
+    """Matmul FLOPs of one forward on (batch, src_len) encoder and (batch, tgt_len) decoder tokens (see
+    lmforge/flops.py for what counts)."""
+    d, inner, ff = cfg.d_model, cfg.n_head * cfg.d_kv, cfg.d_ff
+    gated = FEED_FORWARD[cfg.feed_forward][1]
+    src, tgt = batch * src_len, batch * tgt_len
+
+    def ffn(n: int) -> int:
+        return (3 if gated else 2) * linear_flops(n, d, ff)
+
+    encoder_layer = 4 * linear_flops(src, d, inner) + attention_flops(batch, src_len, src_len, inner) + ffn(src)
+    decoder_layer = (
+        4 * linear_flops(tgt, d, inner)
+        + attention_flops(batch, tgt_len, tgt_len, inner)  # self-attention
+        + 2 * linear_flops(tgt, d, inner)
+        + 2 * linear_flops(src, d, inner)  # cross: q, o on tgt; k, v on src
+        + attention_flops(batch, tgt_len, src_len, inner)
+        + ffn(tgt)
+    )
+    n_decoder_layer = cfg.n_layer if cfg.n_decoder_layer is None else cfg.n_decoder_layer
+    return cfg.n_layer * encoder_layer + n_decoder_layer * decoder_layer + linear_flops(tgt, d, cfg.vocab_size)
+
+
+class T5(FamilyNet):
     """Encoder-decoder transformer. Build with keyword arguments of `T5Config`."""
 
     def __init__(self, **kwargs):
@@ -210,20 +237,17 @@ class T5(nn.Module):
             elif isinstance(m, nn.RMSNorm):
                 nn.init.ones_(m.weight)
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.config.max_seq_len
+    def position_parameters(self) -> list[nn.Parameter]:
+        # the relative position tables, as GPT drops its position table
+        return [self.encoder.rel_bias.weight, self.decoder.rel_bias.weight]
 
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """All parameters; with `exclude_embeddings`, without the relative position tables (as GPT
-        drops its position table; the word embeddings stay)."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.encoder.rel_bias.weight.numel() + self.decoder.rel_bias.weight.numel()
-        return n
+    def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        """None for a batch without the decoder side (`decoder_input_ids`, or the `labels` they are made from)."""
+        target = batch.get("decoder_input_ids", batch.get("labels"))
+        if target is None:
+            return None
+        b, t = batch["input_ids"].shape[:2]
+        return t5_forward_flops(self.config, b, t, target.shape[1])
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder hidden states (batch, src_len, d_model)."""
@@ -251,8 +275,8 @@ class T5(nn.Module):
         check_length(offset + t, self.config.max_seq_len)
         # Causal mask offset by the cached length: query i (at offset + i) sees keys 0 .. offset + i.
         mask = torch.ones(t, offset + t, dtype=torch.bool, device=decoder_input_ids.device).tril(diagonal=offset)
-        if decoder_attention_mask is not None:
-            mask = mask & padding_mask(decoder_attention_mask)
+        if (padded := padding_mask(decoder_attention_mask)) is not None:
+            mask = mask & padded
         hidden, cache = self.decoder(
             self.shared(decoder_input_ids),
             mask=mask,
@@ -268,7 +292,10 @@ class T5(nn.Module):
     @staticmethod
     def reorder_cache(cache: T5Cache, index: torch.Tensor) -> T5Cache:
         """Select/reorder batch rows of a cache (beam search)."""
-        return [tuple(t.index_select(0, index) for t in layer) for layer in cache]
+        return [
+            (sk.index_select(0, index), sv.index_select(0, index), ck.index_select(0, index), cv.index_select(0, index))
+            for sk, sv, ck, cv in cache
+        ]
 
     def forward(
         self,
@@ -281,4 +308,5 @@ class T5(nn.Module):
         if decoder_input_ids is None:
             raise ValueError("T5.forward needs decoder_input_ids; build them from labels with shift_right(labels, ...)")
         enc = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+        logits = self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+        return cast(torch.Tensor, logits)  # without use_cache, decode returns the logits alone

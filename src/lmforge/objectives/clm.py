@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from lmforge import generation
 from lmforge.objectives.base import LMObjective
-
-IGNORE_INDEX = -100
+from lmforge.objectives.losses import token_cross_entropy
 
 
 @dataclass
@@ -30,14 +30,9 @@ class PackedCausalBatches:
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy of predicting labels[t+1] from position t; -100 labels are ignored."""
-    targets = labels[:, 1:]
-    n = int((targets != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
-    return loss, n
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of predicting labels[t+1] from position t, number of targets); -100 labels are ignored."""
+    return token_cross_entropy(logits[:, :-1], labels[:, 1:])
 
 
 class CausalLM(LMObjective):
@@ -50,7 +45,6 @@ class CausalLM(LMObjective):
     def loss(self, batch):
         return next_token_loss(self.net(batch["input_ids"]), batch["labels"])
 
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -59,19 +53,11 @@ class CausalLM(LMObjective):
         top_k: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> torch.Tensor:
-        """Continue `input_ids` (batch, time). temperature 0 is greedy. Stops at the model's context."""
-        max_new_tokens = min(max_new_tokens, self.net.max_seq_len - input_ids.size(1))
-        out, cache, step_input = input_ids, None, input_ids
-        for _ in range(max(0, max_new_tokens)):
-            if use_cache:
-                logits, cache = self.net(step_input, past_key_values=cache, use_cache=True)
-            else:
-                logits = self.net(out)
-            nxt = sample_next(logits[:, -1].float(), temperature, top_k, generator)
-            out = torch.cat([out, nxt], dim=1)
-            step_input = nxt
-        return out
+        """Continue `input_ids` (batch, time). temperature 0 is greedy. Stops at the model's context.
+        See lmforge.generation.sample."""
+        return generation.sample(self.net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
 
     def sample_texts(
         self,
@@ -82,27 +68,12 @@ class CausalLM(LMObjective):
         top_k: int | None = 50,
         prompt: str = "",
         seed: int = 0,
-        **_,
+        top_p: float | None = None,
+        **_: Any,
     ) -> list[str]:
         eos = tokenizer.token_to_id(self.special_tokens["eos"])
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
         start = torch.tensor([[eos] + ids] * num_samples, device=self.device)  # start as a fresh document
-        was_training = self.training
-        self.eval()
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.generate(start, max_new_tokens, temperature, top_k, generator=gen)
-        self.train(was_training)
+        out = self.generate(start, max_new_tokens, temperature, top_k, generator=gen, top_p=top_p)
         return [prompt + tokenizer.decode(row[start.size(1) :].tolist()) for row in out]
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """One token per row from the last-position logits (batch, vocab)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)

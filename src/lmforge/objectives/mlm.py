@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from lmforge import generation
 from lmforge.errors import ConfigError
 from lmforge.objectives.base import LMObjective
+from lmforge.objectives.losses import IGNORE_INDEX, token_cross_entropy
 
-IGNORE_INDEX = -100
 VAL_SEED = 20240  # validation masks: fixed per batch contents
 
 
@@ -77,7 +78,7 @@ class MaskedLMBatches:
 
     def word_starts(self, ids: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
         """True where a maskable unit (a token, or a whole word) begins."""
-        if self.joins_previous is None:
+        if self.joins_previous is None or self.joinable is None:
             return torch.ones_like(maskable)
         starts = torch.ones_like(maskable)
         starts[:, 1:] = ~(self.joins_previous[ids[:, 1:]] & self.joinable[ids[:, :-1]] & maskable[:, :-1])
@@ -135,18 +136,12 @@ def special_ids_of(tokenizer) -> list[int]:
     return sorted(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
 
 
-def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the masked positions (labels != -100) and their number."""
-    n = int((labels != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-    return loss, n
-
-
 class MaskedLM(LMObjective):
     name = "mlm"
     # Roles -> tokens. `pad` first, so a trained tokenizer gives it id 0 as BERT's; `eos` ([SEP])
     # separates documents in the token stream; `sep` names it for tokenizers that add [CLS] .. [SEP].
     special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "mask": "[MASK]"}
+    net: Any  # an encoder family's net (protocols.Net); its config has the vocabulary size
 
     def __init__(
         self,
@@ -224,11 +219,12 @@ class MaskedLM(LMObjective):
         return self.net(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
 
     def loss(self, batch):
-        return masked_token_loss(self.logits(batch), batch["labels"])
+        # Over the masked positions only: the others are IGNORE_INDEX.
+        return token_cross_entropy(self.logits(batch), batch["labels"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits, labels = self.logits(batch), batch["labels"]
-        loss, n = masked_token_loss(logits, labels)
+        loss, n = token_cross_entropy(logits, labels)
         self.val_loss.update(loss, n)
         chosen = labels != IGNORE_INDEX
         self.val_acc.update(logits[chosen].argmax(dim=-1), labels[chosen])
@@ -240,17 +236,13 @@ class MaskedLM(LMObjective):
         self.log("val/acc", self.val_acc.compute(), sync_dist=False)  # synced by torchmetrics
         self.val_acc.reset()
 
-    @torch.no_grad()
     def fill_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`input_ids` with every position predicted by the model's most likely token."""
-        was_training = self.training
-        self.eval()
-        logits = self.net(input_ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device))
-        self.train(was_training)
-        return logits.argmax(dim=-1).cpu()
+        """`input_ids` with every position predicted by the model's most likely token (on the CPU)."""
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        return generation.fill_mask(self.net, input_ids.to(self.device), mask).cpu()
 
     def sample_texts(
-        self, tokenizer, num_samples: int = 3, prompt: str = "", max_new_tokens: int = 64, **_
+        self, tokenizer, num_samples: int = 3, prompt: str = "", max_new_tokens: int = 64, **_: Any
     ) -> list[str]:
         """Fill-mask on validation snippets: what the model saw, its predictions, and the original.
         A `prompt` with [MASK] in it is filled in as well."""

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.text import SacreBLEUScore
 
+from lmforge import generation
 from lmforge.errors import ConfigError
 from lmforge.models.t5 import shift_right
 from lmforge.objectives.base import LMObjective
-from lmforge.parallel.fsdp import full_weights
+from lmforge.objectives.losses import IGNORE_INDEX, token_cross_entropy
 
-IGNORE_INDEX = -100
 NUM_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as T5's vocabulary
 VAL_SEED = 20240
 
@@ -116,7 +116,7 @@ class PairBatches:
     def for_split(self, split: str) -> PairBatches:
         return self  # padding and truncation draw nothing
 
-    def __call__(self, pairs, rng: np.random.Generator | None = None) -> dict:
+    def __call__(self, pairs, rng: np.random.Generator | None = None) -> dict[str, Any]:
         src = [np.append(np.asarray(p.source[: self.max_source_len - 1], dtype=np.int64), self.eos_id) for p in pairs]
         tgt = [np.append(np.asarray(p.target[: self.max_target_len - 1], dtype=np.int64), self.eos_id) for p in pairs]
         input_ids = torch.full((len(pairs), max(map(len, src))), self.pad_id, dtype=torch.long)
@@ -126,7 +126,7 @@ class PairBatches:
             input_ids[i, : len(s)] = torch.from_numpy(s)
             attention_mask[i, : len(s)] = 1
             labels[i, : len(t)] = torch.from_numpy(t)
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -191,6 +191,7 @@ class Seq2SeqLM(LMObjective):
         "unk": "<unk>",
         **{f"sentinel_{i}": f"<extra_id_{i}>" for i in range(NUM_SENTINELS)},
     }
+    net: Any  # an encoder-decoder family's net (protocols.Net and protocols.EncoderDecoderNet)
 
     def __init__(
         self,
@@ -216,10 +217,14 @@ class Seq2SeqLM(LMObjective):
         self.num_beams, self.max_new_tokens, self.length_penalty = num_beams, max_new_tokens, length_penalty
         self.val_bleu = SacreBLEUScore(tokenize="13a")  # sacreBLEU's default tokenization
         self._bleu_updates = 0
-        self.tokenizer = None  # set by batch_builder: BLEU decodes predictions to text
-        self.eos_id: int | None = None
-        self.sentinel_ids: list[int] = []
+        self.tokenizer: Any = None  # from bind_tokenizer: BLEU decodes predictions to text
+        self.eos_id: int | None = None  # from bind_tokenizer: where decoding stops
         self._preview: dict | None = None
+
+    def bind_tokenizer(self, tokenizer: Any, special_ids: dict[str, int]) -> None:
+        """The tokenizer (None: no BLEU) and its special ids, which decoding and BLEU need (protocols.NeedsTokenizer:
+        lmforge.train calls this before training)."""
+        self.tokenizer, self.eos_id = tokenizer, special_ids["eos"]
 
     @classmethod
     def net_token_ids(cls, special_ids: dict[str, int]) -> dict[str, int]:
@@ -236,8 +241,6 @@ class Seq2SeqLM(LMObjective):
         )
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> SpanCorruptionBatches:
-        self.tokenizer, self.eos_id = tokenizer, special_ids["eos"]
-        self.sentinel_ids = [special_ids[f"sentinel_{i}"] for i in range(NUM_SENTINELS)]
         raw = raw_length_for(seq_len, self.noise_density, self.mean_noise_span_length)
         input_len, target_len = corrupted_lengths(raw, self.noise_density, self.mean_noise_span_length)
         spans = span_counts(raw, self.noise_density, self.mean_noise_span_length)[1]
@@ -254,7 +257,7 @@ class Seq2SeqLM(LMObjective):
             eos_id=special_ids["eos"],
             pad_id=special_ids["pad"],
             decoder_start_id=self.net.config.decoder_start_token_id,
-            sentinel_ids=np.asarray(self.sentinel_ids, dtype=np.int64),
+            sentinel_ids=np.asarray([special_ids[f"sentinel_{i}"] for i in range(NUM_SENTINELS)], dtype=np.int64),
             noise_density=self.noise_density,
             mean_noise_span_length=self.mean_noise_span_length,
         )
@@ -265,11 +268,7 @@ class Seq2SeqLM(LMObjective):
         if dec is None:
             c = self.net.config
             dec = shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
-        logits = self.net(batch["input_ids"], batch.get("attention_mask"), dec)
-        n = int((labels != IGNORE_INDEX).sum())
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
-        ), n
+        return token_cross_entropy(self.net(batch["input_ids"], batch.get("attention_mask"), dec), labels)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
@@ -289,7 +288,6 @@ class Seq2SeqLM(LMObjective):
             self._bleu_updates = 0
 
     # -- decoding --
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -300,137 +298,50 @@ class Seq2SeqLM(LMObjective):
         eos_id: int | None = None,
         use_cache: bool = True,
     ) -> torch.Tensor:
-        """Decoded target ids (batch, <= max_new_tokens), without the start token; rows end with eos
-        (unless cut by the length) and are padded after it. Greedy with num_beams=1, else beam search
-        (HF's semantics with early_stopping=True: a row is done when it has num_beams finished hypotheses,
-        scored by sum of log-probs / length ** length_penalty)."""
-        was_training = self.training
-        self.eval()
-        c = self.net.config
-        max_new = min(max_new_tokens or self.max_new_tokens, self.net.max_seq_len - 1)
+        """Decoded target ids (batch, <= max_new_tokens), without the start token; rows end with eos (unless cut
+        by the length) and are padded after it. Greedy with num_beams=1, else beam search; see lmforge.generation.
+        Unset arguments come from the objective's config (model.num_beams, ...) and bind_tokenizer (eos)."""
+        max_new = max_new_tokens or self.max_new_tokens
         k = num_beams or self.num_beams
-        lp = self.length_penalty if length_penalty is None else length_penalty
         eos = self.eos_id if eos_id is None else eos_id
-        # Under FSDP each rank stops decoding on its own batch: with the whole weights gathered first, the
-        # decoding steps need no collectives (lmforge/parallel/fsdp.py).
-        with full_weights(self.net):
-            enc = self.net.encode(input_ids, attention_mask)
-            if k == 1:
-                out = self._greedy(enc, attention_mask, max_new, eos, use_cache)
-            else:
-                out = self._beam(enc, attention_mask, max_new, k, lp, eos, use_cache)
-        self.train(was_training)
-        return out if out.size(1) else out.new_full((out.size(0), 1), c.pad_token_id)
-
-    def _step(self, seqs, enc, mask, cache, use_cache):
-        """Last-position logits for `seqs` (batch, time): with the cache only the newest token is fed."""
-        if not use_cache:
-            return self.net.decode(seqs, enc, mask)[:, -1].float(), None
-        logits, cache = self.net.decode(seqs[:, -1:], enc, mask, past_key_values=cache, use_cache=True)
-        return logits[:, -1].float(), cache
-
-    def _greedy(self, enc, mask, max_new, eos, use_cache) -> torch.Tensor:
-        c = self.net.config
-        seqs = torch.full((enc.size(0), 1), c.decoder_start_token_id, dtype=torch.long, device=enc.device)
-        done = torch.zeros(enc.size(0), dtype=torch.bool, device=enc.device)
-        cache = None
-        for _ in range(max_new):
-            logits, cache = self._step(seqs, enc, mask, cache, use_cache)
-            nxt = logits.argmax(dim=-1).masked_fill(done, c.pad_token_id)
-            seqs = torch.cat([seqs, nxt[:, None]], dim=1)
-            if eos is not None:
-                done |= nxt == eos
-                if done.all():
-                    break
-        return seqs[:, 1:]
-
-    def _beam(self, enc, mask, max_new, k, lp, eos, use_cache) -> torch.Tensor:
-        c = self.net.config
-        b, dev = enc.size(0), enc.device
-        enc = enc.repeat_interleave(k, dim=0)
-        mask = None if mask is None else mask.repeat_interleave(k, dim=0)
-        scores = torch.full((b, k), float("-inf"), device=dev)
-        scores[:, 0] = 0.0  # all beams start identical: expand only the first
-        seqs = torch.full((b * k, 1), c.decoder_start_token_id, dtype=torch.long, device=dev)
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
-        done = [False] * b
-        cache = None
-        for step in range(max_new):
-            logits, cache = self._step(seqs, enc, mask, cache, use_cache)
-            logp = torch.log_softmax(logits, dim=-1)
-            vocab = logp.size(-1)
-            cand = (scores.reshape(-1, 1) + logp).view(b, k * vocab)
-            top_scores, top_idx = cand.topk(2 * k, dim=1)  # 2k: room for k live beams after eos candidates
-            top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-            next_scores = torch.zeros(b, k, device=dev)
-            next_rows = torch.arange(b * k, device=dev).view(b, k).clone()
-            next_tokens = torch.full((b, k), c.pad_token_id, dtype=torch.long, device=dev)
-            for i in range(b):
-                if done[i]:
-                    continue
-                j = 0
-                for rank, (s, idx) in enumerate(zip(top_scores[i], top_idx[i])):
-                    row, tok = i * k + idx // vocab, idx % vocab
-                    if eos is not None and tok == eos:
-                        if rank < k:  # an eos outside the top k is not a finished hypothesis (as HF)
-                            finished[i].append((s / (step + 1) ** lp, seqs[row, 1:].tolist() + [tok]))
-                        continue
-                    next_scores[i, j], next_rows[i, j], next_tokens[i, j] = s, row, tok
-                    j += 1
-                    if j == k:
-                        break
-                done[i] = len(finished[i]) >= k
-            if all(done):
-                break
-            rows = next_rows.view(-1)
-            seqs = torch.cat([seqs[rows], next_tokens.view(-1, 1)], dim=1)
-            if cache is not None:
-                cache = self.net.reorder_cache(cache, rows)
-            scores = next_scores
-        best = []
-        for i in range(b):
-            hyps = list(finished[i])
-            if not done[i]:  # cut by the length: the live beams compete too
-                n = seqs.size(1) - 1
-                hyps += [(scores[i, j].item() / max(n, 1) ** lp, seqs[i * k + j, 1:].tolist()) for j in range(k)]
-            best.append(max(hyps, key=lambda h: h[0])[1])
-        out = torch.full((b, max(map(len, best))), c.pad_token_id, dtype=torch.long, device=dev)
-        for i, seq in enumerate(best):
-            out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return out
+        if k == 1:
+            return generation.greedy(self.net, input_ids, attention_mask, max_new, eos, use_cache)
+        lp = self.length_penalty if length_penalty is None else length_penalty
+        return generation.beam_search(self.net, input_ids, attention_mask, max_new, k, lp, eos, use_cache)
 
     # -- samples --
-    def _cut(self, ids: list[int]) -> list[int]:
-        """A generated sequence up to its first eos."""
-        return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
+    def _cut(self, ids: list[int], eos: int | None = None) -> list[int]:
+        """A generated sequence up to its first eos (by default the bound one)."""
+        eos = self.eos_id if eos is None else eos
+        return ids[: ids.index(eos)] if eos in ids else ids
 
-    def _strip(self, ids: list[int]) -> list[int]:
+    def _strip(self, ids: list[int], eos: int | None = None) -> list[int]:
         """An example without its final eos (eos inside a span-corrupted block separates documents)."""
-        return ids[:-1] if ids and ids[-1] == self.eos_id else ids
+        eos = self.eos_id if eos is None else eos
+        return ids[:-1] if ids and ids[-1] == eos else ids
 
-    def sample_texts(self, tokenizer, num_samples: int = 3, prompt: str = "", **_) -> list[str]:
+    def sample_texts(self, tokenizer, num_samples: int = 3, prompt: str = "", **_: Any) -> list[str]:
         """Corrupted validation inputs with the predicted and true spans; for pairs, source,
         prediction and reference. A `prompt` (with <extra_id_0> for span filling) is decoded too."""
         out = []
-        if self.eos_id is None:
-            self.eos_id = tokenizer.token_to_id(self.special_tokens["eos"])
+        eos = tokenizer.token_to_id(self.special_tokens["eos"]) if self.eos_id is None else self.eos_id
         if prompt:
-            ids = tokenizer.encode(prompt, add_special_tokens=False).ids + [self.eos_id]
-            pred = self.generate(torch.tensor([ids], device=self.device))[0].tolist()
-            predicted = tokenizer.decode(self._cut(pred), skip_special_tokens=False)
+            ids = tokenizer.encode(prompt, add_special_tokens=False).ids + [eos]
+            decoded = self.generate(torch.tensor([ids], device=self.device), eos_id=eos)[0].tolist()
+            predicted = tokenizer.decode(self._cut(decoded, eos), skip_special_tokens=False)
             out.append(f"input:     {prompt}\npredicted: {predicted}")
         if self._preview is None:
             return out
         n = min(num_samples, self._preview["input_ids"].size(0))
         x, mask = self._preview["input_ids"][:n], self._preview["attention_mask"][:n]
         pred = self.generate(
-            x.to(self.device), mask.to(self.device), max_new_tokens=self._preview["labels"].size(1) + 8
+            x.to(self.device), mask.to(self.device), max_new_tokens=self._preview["labels"].size(1) + 8, eos_id=eos
         )
         pairs = "target_text" in self._preview
         for i in range(n):
-            src = self._strip(x[i][mask[i].bool()].tolist())
-            p = self._cut(pred[i].tolist())
-            t = self._strip([v for v in self._preview["labels"][i].tolist() if v != IGNORE_INDEX])
+            src = self._strip(x[i][mask[i].bool()].tolist(), eos)
+            p = self._cut(pred[i].tolist(), eos)
+            t = self._strip([v for v in self._preview["labels"][i].tolist() if v != IGNORE_INDEX], eos)
             if pairs:
                 out.append(
                     f"source:     {tokenizer.decode(src)}\nprediction: {tokenizer.decode(p)}\n"

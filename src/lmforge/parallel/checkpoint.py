@@ -1,5 +1,4 @@
-"""Read a checkpoint whether it is one file or a sharded folder (`trainer=fsdp` saves one shard per rank), and
-consolidate a sharded one into a single file:
+"""Consolidate a sharded checkpoint folder (`trainer=fsdp` saves one shard per rank) into a single file:
 
     python -m lmforge.parallel.checkpoint <run>/checkpoints/last.ckpt [out.ckpt]
 
@@ -13,28 +12,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from lmforge.checkpoints import read_checkpoint
 from lmforge.errors import ConfigError
-
-# What a consolidated file keeps; the optimizer state of a sharded checkpoint is keyed by parameter name, which a
-# resumed non-FSDP run could not load, so resume sharded checkpoints with trainer=fsdp instead.
-KEEP = ("state_dict", "lmforge", "epoch", "global_step", "pytorch-lightning_version")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as one dict on the CPU: a file, or a sharded folder gathered into full tensors."""
-    path = Path(path)
-    if path.is_dir():
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-        checkpoint = _load_distributed_checkpoint(path)
-        return {k: v for k, v in checkpoint.items() if k in KEEP}
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist (expected a .ckpt file or a sharded checkpoint folder).")
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def consolidate(folder: str | Path, out: str | Path | None = None) -> Path:
@@ -42,7 +24,7 @@ def consolidate(folder: str | Path, out: str | Path | None = None) -> Path:
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a sharded checkpoint folder; a .ckpt file is already one file.")
     out = Path(out) if out else folder.with_name(folder.name.removesuffix(".ckpt") + ".full.ckpt")
-    torch.save(load_checkpoint(folder), out)
+    torch.save(read_checkpoint(folder), out)
     return out
 
 

@@ -9,6 +9,7 @@ over gloo on CPU and NCCL on GPUs.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,11 @@ from torch import nn
 from lmforge.errors import ConfigError
 
 MIXED_PRECISION = ("auto", "bf16", "none")
+
+# full_weights() state, kept beside the modules rather than as attributes on them: each FSDP unit's own
+# reshard_after_forward (restored when full_weights ends), and the units a full_weights() now holds gathered.
+_RESHARD_AFTER_FORWARD: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+_GATHERED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -113,9 +119,9 @@ def fully_shard_net(
     )
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard_after_forward, **common)
-        block._lmforge_reshard_after_forward = reshard_after_forward  # restored by full_weights()
+        _RESHARD_AFTER_FORWARD[block] = reshard_after_forward
     fully_shard(net, **common)
-    net._lmforge_reshard_after_forward = False  # FSDP's choice for the root
+    _RESHARD_AFTER_FORWARD[net] = False  # FSDP's choice for the root
     # Entry points other than forward (T5.encode/decode in generation) run inside full_weights(), with the weights
     # already gathered. Not registered with register_fsdp_forward_method: T5.forward calls them itself, and such
     # nested root forwards make FSDP reshard the root at the end of every forward (and deadlock in full_weights).
@@ -123,17 +129,18 @@ def fully_shard_net(
 
 @contextmanager
 def full_weights(module: nn.Module) -> Iterator[None]:
-    """Every rank holds the whole weights for the duration: for generation under FSDP. One all-gather per unit on
-    entry (a collective: all ranks enter together) and none per forward, so ranks may then make different numbers
-    of forward calls (greedy or beam search stopping early on their own batches) without waiting on each other,
-    and may call entry points other than forward (T5.encode/decode). Costs the memory of the unsharded weights,
-    as DDP always does. Outside FSDP it does nothing."""
+    """Every rank holds the whole weights for the duration: for generation under FSDP (lmforge.generation.decoding
+    enters it, once per decoding call). One all-gather per unit on entry (a collective: all ranks enter together)
+    and none per forward, so ranks may then make different numbers of forward calls (greedy or beam search stopping
+    early on their own batches) without waiting on each other, and may call entry points other than forward
+    (T5.encode/decode). Costs the memory of the unsharded weights, as DDP always does. Outside FSDP it does
+    nothing."""
     from torch.distributed.fsdp import FSDPModule
 
     # Units an enclosing full_weights() already gathered stay as they are (it reshards them when it ends).
-    units = [m for m in module.modules() if isinstance(m, FSDPModule) and not getattr(m, "_lmforge_gathered", False)]
+    units = [m for m in module.modules() if isinstance(m, FSDPModule) and m not in _GATHERED]
     for m in units:
-        m._lmforge_gathered = True
+        _GATHERED.add(m)
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
     try:
@@ -141,5 +148,5 @@ def full_weights(module: nn.Module) -> Iterator[None]:
     finally:
         for m in units:
             m.reshard()
-            m.set_reshard_after_forward(getattr(m, "_lmforge_reshard_after_forward", True), recurse=False)
-            m._lmforge_gathered = False
+            m.set_reshard_after_forward(_RESHARD_AFTER_FORWARD.get(m, True), recurse=False)
+            _GATHERED.discard(m)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import types
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from omegaconf import DictConfig
@@ -22,7 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
-from lmforge.protocols import Net
 
 COMPILE_CHOICES = {
     False: None,
@@ -58,16 +56,12 @@ class ScaleOptions:
 
 
 def transformer_blocks(net: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a net: `net.transformer_blocks()` where defined (T5: encoder then decoder blocks),
-    else the ModuleList `net.blocks` (GPT, BERT)."""
-    if callable(getattr(net, "transformer_blocks", None)):
-        return list(cast(Net, net).transformer_blocks())
-    blocks = getattr(net, "blocks", None)
-    if isinstance(blocks, nn.ModuleList):
-        return list(blocks)
+    """The repeated blocks of a net, from `net.transformer_blocks()` (the `Net` contract, lmforge/protocols.py)."""
+    if callable(blocks := getattr(net, "transformer_blocks", None)):
+        return list(blocks())
     raise ConfigError(
         f"{type(net).__name__} exposes no transformer blocks, which FSDP, compile=blocks and "
-        "activation_checkpointing work on: give it a `blocks` ModuleList or a transformer_blocks() method."
+        "activation_checkpointing work on: give it a transformer_blocks() method."
     )
 
 

@@ -1,0 +1,78 @@
+"""BERT <-> Hugging Face BertForMaskedLM: the key table and the config translation."""
+
+from __future__ import annotations
+
+from lmforge.models.bert import BERT
+from lmforge.models.hf import HFAdapter, Pairs, import_transformers, unsupported
+
+
+class BERTAdapter(HFAdapter):
+    hf_class = "BertForMaskedLM"
+
+    def key_pairs(self, net: BERT) -> Pairs:
+        pairs = [
+            ("wte.weight", "bert.embeddings.word_embeddings.weight", False),
+            ("wpe.weight", "bert.embeddings.position_embeddings.weight", False),
+            ("wtt.weight", "bert.embeddings.token_type_embeddings.weight", False),
+            ("lm_head.weight", "cls.predictions.decoder.weight", False),
+            ("lm_head.bias", "cls.predictions.decoder.bias", False),
+            ("lm_head.bias", "cls.predictions.bias", False),
+        ]
+        names = [
+            ("ln_emb", "bert.embeddings.LayerNorm"),
+            ("head_fc", "cls.predictions.transform.dense"),
+            ("head_ln", "cls.predictions.transform.LayerNorm"),
+        ]
+        for i in range(net.config.n_layer):
+            a, b = f"blocks.{i}.", f"bert.encoder.layer.{i}."
+            names += [
+                (a + "attn.q", b + "attention.self.query"),
+                (a + "attn.k", b + "attention.self.key"),
+                (a + "attn.v", b + "attention.self.value"),
+                (a + "attn.o", b + "attention.output.dense"),
+                (a + "ln_1", b + "attention.output.LayerNorm"),
+                (a + "mlp.fc", b + "intermediate.dense"),
+                (a + "mlp.proj", b + "output.dense"),
+                (a + "ln_2", b + "output.LayerNorm"),
+            ]
+        return pairs + [(f"{o}.{p}", f"{t}.{p}", False) for o, t in names for p in ("weight", "bias")]
+
+    def to_hf_config(self, net: BERT):
+        c = net.config
+        return import_transformers().BertConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.d_model,
+            num_hidden_layers=c.n_layer,
+            num_attention_heads=c.n_head,
+            intermediate_size=c.d_ff,
+            hidden_act="gelu",
+            hidden_dropout_prob=c.dropout,
+            attention_probs_dropout_prob=c.dropout,
+            max_position_embeddings=c.max_seq_len,
+            type_vocab_size=c.type_vocab_size,
+            layer_norm_eps=c.layer_norm_eps,
+            pad_token_id=c.pad_token_id,
+            tie_word_embeddings=True,
+        )
+
+    def from_hf_config(self, hf_model) -> BERT:
+        c, mt = hf_model.config, hf_model.config.model_type
+        if c.hidden_act != "gelu":
+            raise unsupported(mt, f"hidden_act={c.hidden_act!r} (lmforge BERT uses exact GELU)")
+        if getattr(c, "position_embedding_type", "absolute") != "absolute" or c.is_decoder:
+            raise unsupported(mt, "only absolute positions and an encoder (is_decoder=False) are supported")
+        return BERT(
+            vocab_size=c.vocab_size,
+            max_seq_len=c.max_position_embeddings,
+            n_layer=c.num_hidden_layers,
+            n_head=c.num_attention_heads,
+            d_model=c.hidden_size,
+            d_ff=c.intermediate_size,
+            type_vocab_size=c.type_vocab_size,
+            dropout=c.hidden_dropout_prob,
+            layer_norm_eps=c.layer_norm_eps,
+            pad_token_id=c.pad_token_id,
+        )
+
+
+ADAPTER = BERTAdapter()
