@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from lmforge import hardware
+from lmforge.validate import positive
 
 DEFAULT_PUE = 1.0
 DEFAULT_INTENSITY_G_PER_KWH = 475.0  # CodeCarbon's "world_average" (IEA-based)
@@ -64,15 +64,8 @@ class Estimate:
 
 
 def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise EstimateError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise EstimateError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
+    checked = positive(name, value, allow_zero=allow_zero, error=EstimateError)
+    return None if checked is None else float(checked)
 
 
 def formula_training_flops(
