@@ -8,10 +8,9 @@ import lmforge  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lmforge.train import main as train_main  # imported late so --help and config errors stay fast
+    from lmforge.train import hydra_task  # imported late so --help and config errors stay fast
 
-    summary = train_main(cfg)
-    return summary.get("metrics", {}).get("val/loss")  # the value Hydra sweepers optimise
+    return hydra_task(cfg)  # val/loss: the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 CONF = REPO / "conf"
 GROUPS = ["data", "tokenizer", "model", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
@@ -88,3 +89,95 @@ def test_bert_base_and_t5_small_have_their_dimensions(model, vocab, params, tmp_
     with open_dict(cfg):
         cfg.model.net.vocab_size = vocab
     assert instantiate(cfg.model.net).num_parameters() == params
+
+
+# The model options share conf/model/base/objective.yaml and the LM data options conf/data/base/lm.yaml; what each
+# option resolves to is fixed here, so a change to a base shows up as the options it moves.
+@pytest.mark.parametrize(
+    "model,lr,betas,eps,weight_decay,warmup_steps",
+    [
+        ("gpt", 2e-3, [0.9, 0.95], 1e-8, 0.1, 50),
+        ("gpt_tiny", 2e-3, [0.9, 0.95], 1e-8, 0.1, 50),
+        ("gpt2_124m", 6e-4, [0.9, 0.95], 1e-8, 0.1, 700),
+        ("bert", 1e-3, [0.9, 0.98], 1e-6, 0.01, 50),
+        ("bert_tiny", 1e-3, [0.9, 0.98], 1e-6, 0.01, 50),
+        ("bert_base", 1e-4, [0.9, 0.98], 1e-6, 0.01, 10000),
+        ("t5", 1e-3, [0.9, 0.98], 1e-8, 0.01, 50),
+        ("t5_tiny", 1e-3, [0.9, 0.98], 1e-8, 0.01, 50),
+        ("t5_small", 1e-3, [0.9, 0.98], 1e-8, 0.01, 1000),
+    ],
+)
+def test_each_model_keeps_its_optimizer_and_schedule(model, lr, betas, eps, weight_decay, warmup_steps, tmp_path):
+    cfg = compose_train([f"model={model}", "model.optimizer.lr=0.5", "model.scheduler.warmup_steps=7"], tmp_path)
+    assert cfg.model.optimizer.lr == 0.5 and cfg.model.scheduler.warmup_steps == 7  # the keys users type
+    cfg = compose_train([f"model={model}"], tmp_path)
+    assert OmegaConf.to_container(cfg.model.optimizer) == {
+        "_target_": "torch.optim.AdamW",
+        "_partial_": True,
+        "lr": lr,
+        "betas": betas,
+        "eps": eps,
+        "weight_decay": weight_decay,
+    }
+    assert OmegaConf.to_container(cfg.model.scheduler) == {
+        "_target_": "lmforge.objectives.schedules.warmup_cosine",
+        "_partial_": True,
+        "warmup_steps": warmup_steps,
+        "min_lr_ratio": 0.1,
+    }
+    assert cfg.model.init_from is None
+
+
+LM_CORPORA = {
+    "shakespeare": "lmforge.data.shakespeare.ShakespeareCorpus",
+    "text": "lmforge.data.corpus.TextFiles",
+    "jsonl": "lmforge.data.jsonl.JsonlFiles",
+    "hf": "lmforge.data.hf_datasets.HFDataset",
+}
+
+
+def test_lm_data_options_share_their_settings_and_differ_in_the_corpus(tmp_path):
+    shared = None
+    for option, corpus in LM_CORPORA.items():
+        cfg = compose_train([f"data={option}", *REQUIRED.get(("data", option), [])], tmp_path)
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        assert data.pop("corpus")["_target_"] == corpus
+        own = {k: data.pop(k) for k in ("path", "text_field") if k in data}
+        assert own.get("path", "unused") == "unused"
+        if shared is None:
+            shared = data
+        assert data == shared, option
+    assert shared["_target_"] == "lmforge.data.datamodule.LMDataModule"
+    assert (shared["seq_len"], shared["batch_size"], shared["val_fraction"], shared["seed"]) == (128, 32, 0.05, 1337)
+
+
+def _conf_copy(tmp_path: Path) -> Path:
+    """conf/ without whatever this machine keeps in conf/local/."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=lambda d, names: names if Path(d).name == "local" else [])
+    return conf
+
+
+def _compose_from(conf: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_local_config_is_optional_and_composed_when_present(tmp_path):
+    conf = _conf_copy(tmp_path)
+    plain = _compose_from(conf, [])
+    assert not (conf / "local" / "default.yaml").exists()
+    (conf / "local" / "default.yaml").write_text(
+        "# @package _global_\npaths:\n  cache_dir: /machine/cache\ntrainer:\n  devices: 2\n"
+    )
+    (conf / "local" / "cluster.yaml").write_text("# @package _global_\ntrainer:\n  devices: 8\n")
+    local = _compose_from(conf, [])
+    assert local.paths.cache_dir == "/machine/cache" and local.trainer.devices == 2
+    with open_dict(local):
+        local.paths.cache_dir, local.trainer.devices = plain.paths.cache_dir, plain.trainer.devices
+    assert local == plain  # nothing else moves
+    # composed after the experiment (its values win over an experiment's) and before the command line
+    assert _compose_from(conf, ["experiment=gpt2_124m"]).trainer.devices == 2
+    assert _compose_from(conf, ["trainer.devices=3"]).trainer.devices == 3
+    assert _compose_from(conf, ["local=cluster"]).trainer.devices == 8

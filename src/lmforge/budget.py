@@ -6,8 +6,9 @@
   max_tokens           a training budget in tokens; when set, it decides
                        trainer.max_steps = ceil(max_tokens / tokens per step)
 
-Applied once, after the Trainer knows the world size and before anything is written, so the run folder's
-config.yaml shows the values the run used; summary.json gets them under "scale".
+Planned once, from the config and the world size, before the Trainer is built: the Trainer gets the final
+accumulation and step budget as its arguments, and the run folder's config.yaml shows the values the run used;
+summary.json gets them under "scale".
 """
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from lmforge.errors import ConfigError
+from lmforge.validate import positive
 
 
 def _positive_int(cfg: DictConfig, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
-        raise ConfigError(f"{key}={value!r} must be a positive integer (or null to leave it unset).")
-    return int(value)
+    return positive(key, cfg.get(key), integer=True, unset_hint=" (or null to leave it unset)")
 
 
 def check_budget_config(cfg: DictConfig) -> None:
@@ -35,12 +32,13 @@ def check_budget_config(cfg: DictConfig) -> None:
     _positive_int(cfg, "max_tokens")
 
 
-def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
-    """Set the Trainer's gradient accumulation and step budget from global_batch_size / max_tokens; update cfg to
-    match; return the "scale" batch facts for summary.json. `block_len` is the corpus tokens one example uses."""
-    world = int(trainer.world_size)
+def plan_budget(cfg: DictConfig, world_size: int, block_len: int) -> dict[str, Any]:
+    """Decide cfg.trainer.accumulate_grad_batches and cfg.trainer.max_steps from global_batch_size / max_tokens
+    (written into cfg, which the Trainer is then built from); return the "scale" batch facts for summary.json.
+    `block_len` is the corpus tokens one example uses."""
+    world = int(world_size)
     micro = int(cfg.data.batch_size)
-    accumulate = int(trainer.accumulate_grad_batches)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
     global_batch = _positive_int(cfg, "global_batch_size")
     if global_batch is not None:
         per_pass = micro * world
@@ -53,13 +51,12 @@ def apply_budget(cfg: DictConfig, trainer, block_len: int) -> dict[str, Any]:
                 f"global_batch_size={near}, or change data.batch_size (the per-device micro batch)."
             )
         accumulate = global_batch // per_pass
-        trainer.accumulate_grad_batches = accumulate
     tokens_per_step = micro * world * accumulate * block_len
     max_tokens = _positive_int(cfg, "max_tokens")
-    max_steps = int(trainer.max_steps)
+    max_steps = cfg.trainer.get("max_steps")
+    max_steps = -1 if max_steps is None else int(max_steps)  # -1: Lightning's "no step limit" (max_epochs decides)
     if max_tokens is not None:
         max_steps = math.ceil(max_tokens / tokens_per_step)
-        trainer.fit_loop.epoch_loop.max_steps = max_steps  # what Trainer.max_steps reads
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = accumulate
         cfg.trainer.max_steps = max_steps

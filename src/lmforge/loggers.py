@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from lmforge.console import say
 from lmforge.errors import ConfigError
 from lmforge.perf import PERF_METRICS
 from lmforge.run_naming import multirun_group, run_name
@@ -94,7 +95,7 @@ class RunLogger(WandbLogger):
             "mode": "offline" if _is_offline(run) else "online",
             "offline_dirs": offline_dirs,
         }
-        path = Path(self.save_dir) / "wandb" / RUN_FILE
+        path = Path(str(self.save_dir)) / "wandb" / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2) + "\n")
 
@@ -119,12 +120,12 @@ class RunLogger(WandbLogger):
         if (run_dir / "summary.json").is_file():
             run.save(str(run_dir / "summary.json"), base_path=str(run_dir), policy="now")
         offline = _is_offline(run)
-        exit_code = {"completed": 0, "pruned": 0, "interrupted": 130}.get(summary.get("status"), 1)
+        exit_code = {"completed": 0, "pruned": 0, "interrupted": 130}.get(str(summary.get("status")), 1)
         run.finish(exit_code=exit_code)
         self._experiment = None
         if offline:
-            info = json.loads((Path(self.save_dir) / "wandb" / RUN_FILE).read_text())
-            print(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
+            info = json.loads((Path(str(self.save_dir)) / "wandb" / RUN_FILE).read_text())
+            say(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
 
 
 def finish_loggers(loggers: list, summary: dict[str, Any], run_dir: str | Path) -> None:

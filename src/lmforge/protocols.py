@@ -10,6 +10,7 @@ part plays; nothing else in lmforge needs to learn about it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -86,6 +87,7 @@ class RunData(Protocol):
     vocabulary sizes the embeddings), then given the objective's batch builder."""
 
     tokenizer: Any
+    tokenizer_path: Path | None  # the tokenizer.json build() made or found; copied into the run folder
 
     def build(self, specials: dict[str, str]) -> None: ...
 
@@ -97,8 +99,21 @@ class RunData(Protocol):
 
     def set_batch_builder(self, builder: BatchBuilder) -> None: ...
 
+    @property
+    def block_len(self) -> int:
+        """Corpus tokens one example uses, once the batch builder is set: what token budgets count."""
+        ...
+
     def summary_facts(self) -> dict[str, Any]:
-        """The summary.json facts about the data: corpus name, token counts, vocabulary size, baseline."""
+        """The summary.json sections about the data: {"data": {corpus, train_tokens, val_tokens, vocab_size},
+        "baseline": {unigram_val_loss}}."""
+        ...
+
+    @property
+    def block_builder(self) -> BatchBuilder | None:
+        """The batch builder when every batch is made from stream blocks of `block_len` tokens (so one batch of
+        blocks has the shapes of all: the pre-run forecast counts FLOPs on it); None for data served otherwise
+        (padded seq2seq pairs), said up front rather than found by trying."""
         ...
 
 

@@ -53,12 +53,13 @@ def differing_overrides(overrides: list[str], choices: dict[str, str | None], co
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
+    typed = {id(o): line for o, line in zip(parsed, overrides)}  # each override as the user wrote it
     groups = [o for o in parsed if o.key_or_group in choices and not o.is_delete()]
     group_ids = {id(o) for o in groups}
     default_choices = compose(config_name=config_name, return_hydra_config=True).hydra.runtime.choices
     kept = [o for o in groups if default_choices.get(o.key_or_group) != choices.get(o.key_or_group)]
     # Values are compared with the defaults under the run's own group choices (gpt_tiny's n_layer).
-    defaults = compose(config_name=config_name, overrides=[o.input_line for o in groups])
+    defaults = compose(config_name=config_name, overrides=[typed[id(o)] for o in groups])
     for o in parsed:
         if id(o) in group_ids:
             continue
@@ -72,7 +73,7 @@ def differing_overrides(overrides: list[str], choices: dict[str, str | None], co
         if value != default:
             kept.append(o)
     order = {id(o): i for i, o in enumerate(parsed)}
-    return [o.input_line for o in sorted(kept, key=lambda o: order[id(o)])]
+    return [typed[id(o)] for o in sorted(kept, key=lambda o: order[id(o)])]
 
 
 def short_name(overrides: list[str]) -> str:

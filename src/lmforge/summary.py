@@ -1,4 +1,4 @@
-"""`summary.json`: the one file reports and sweeps read from a run folder (contract in docs/DESIGN)."""
+"""`summary.json`: the one file reports and sweeps read from a run folder (README: "What a run leaves behind")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,13 @@
 """Build everything from the Hydra config and run fit/validate; leave a complete run folder.
 
-Order matters: the tokenizer must exist before the model, because the model's vocabulary
-size is the tokenizer's (rounded up). That one run-time fact is filled in here, in one place.
+`run` goes through six phases, each a function that returns what the next ones need:
+
+  build_data       the data module, with its tokenizer built (the model's vocabulary is the tokenizer's)
+  build_objective  the objective and its net, with the run-time facts the config cannot know filled in
+  build_trainer    the token budget planned for the world size, then the Trainer with the final values
+  write_header     the run folder's config and tokenizer, and what the console says before training
+  fit              fit, then a last validation; what happened, as an `Outcome`
+  summarize        summary.json's content from the header facts and the outcome
 """
 
 from __future__ import annotations
@@ -9,28 +15,32 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmforge.budget import apply_budget, check_budget_config, describe
+from lmforge.budget import check_budget_config, describe, plan_budget
 from lmforge.config_tree import print_config_tree
 from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
-from lmforge.parallel.init import build_model
+from lmforge.objectives.base import LMObjective
+from lmforge.parallel.init import build_model, instantiate_objective
 from lmforge.parallel.launch import isolated_job
+from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
-from lmforge.protocols import NeedsTokenizer
+from lmforge.protocols import EndsRunOnPurpose, NeedsTokenizer, RunData, SummarySection
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -39,10 +49,214 @@ from lmforge.validate import check_config
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 VOCAB_MULTIPLE = 64  # pad the embedding to a multiple of 64: faster matmuls, no effect on loss
+# The repository's conf/, which `lmforge-train` reads: lmforge is installed from a checkout (`pip install -e .`).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+# ------------------------------------------------------------------ phases
+
+
+def objective_class(cfg: DictConfig) -> type[LMObjective]:
+    cls = get_class(cfg.model._target_)
+    if not issubclass(cls, LMObjective):
+        raise ConfigError(f"model._target_={cfg.model._target_!r} is not an objective (a subclass of LMObjective).")
+    return cls
+
+
+def build_data(cfg: DictConfig) -> RunData:
+    """The data module with its tokenizer fitted or loaded and the corpus tokenized (the objective's special
+    tokens are in the vocabulary)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.build(objective_class(cfg).special_tokens)
+    return datamodule
+
+
+def build_objective(
+    cfg: DictConfig, datamodule: RunData, init_net: torch.nn.Module | None, scale_options: ScaleOptions
+) -> LMObjective:
+    """The objective and its net. A net from the config gets the tokenizer's vocabulary size (rounded up) and
+    special ids, written into cfg so config.yaml shows them; a net from model.init_from must fit the tokenizer."""
+    objective_cls = objective_class(cfg)
+    if init_net is None:
+        with open_dict(cfg):
+            cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+            cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
+        # on the meta device under FSDP; same initial weights on any world size
+        return build_model(cfg, seed=cfg.seed, scale_options=scale_options)
+    check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
+    return instantiate_objective(cfg.model, net=init_net, scale_options=scale_options)
+
+
+def build_trainer(
+    cfg: DictConfig, block_len: int, scale_options: ScaleOptions
+) -> tuple[L.Trainer, list[Any], dict[str, Any]]:
+    """The Trainer, its callbacks, and the "scale" facts of summary.json. The token budget (global_batch_size,
+    max_tokens) is planned first, for the world size the Trainer will have, and written into cfg.trainer: the
+    Trainer is built with the final accumulation and max_steps (and config.yaml shows them)."""
+    world_size = planned_world_size(cfg.trainer)
+    batch_facts = plan_budget(cfg, world_size, block_len)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
+    # otherwise add its own ModelCheckpoint under the logger's folder.
+    checkpointing = cfg.trainer.get(
+        "enable_checkpointing", any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
+    )
+    if trainer.world_size != world_size:  # the budget would be wrong: say so rather than train on it
+        raise RuntimeError(f"the Trainer has {trainer.world_size} processes, the budget was planned for {world_size}")
+    return trainer, callbacks, {**describe_strategy(trainer, scale_options), **batch_facts}
+
+
+def header_summary(cfg: DictConfig, model: LMObjective, datamodule: RunData, scale: dict[str, Any]) -> dict[str, Any]:
+    """summary.json as it stands before training: the facts about the run, status "failed" until fit says more."""
+    facts = datamodule.summary_facts()
+    model_name, overrides = _hydra_info()
+    return {
+        "status": "failed",
+        "objective": model.name,
+        "model": model_name,
+        "params": model.num_parameters(),
+        "steps": 0,
+        "tokens": 0,
+        "wall_time_s": 0.0,
+        "metrics": {},
+        "baseline": facts["baseline"],
+        "data": facts["data"],
+        "overrides": overrides,
+        "scale": scale,
+    }
+
+
+def write_header(
+    cfg: DictConfig, run_dir: Path, model: LMObjective, datamodule: RunData, trainer: L.Trainer, summary: dict
+) -> None:
+    """Global rank 0: the run folder's tokenizer and config.yaml, the hyperparameters for the loggers, and the
+    console's account of what is about to be trained."""
+    if not trainer.is_global_zero:
+        return
+    if datamodule.tokenizer_path is None:
+        raise RuntimeError("the data module's build() made no tokenizer")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    copy_tokenizer(datamodule.tokenizer_path, run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved(cfg))
+    data, scale = summary["data"], summary["scale"]
+    say(
+        f"{model.name} model '{summary['model']}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
+        f"{datamodule.vocab_size}; corpus {data['corpus']}: {data['train_tokens']:,} "
+        f"train / {data['val_tokens']:,} val tokens; unigram baseline val loss "
+        f"{summary['baseline']['unigram_val_loss']:.3f}"
+    )
+    say(f"  parameters: {describe_parameters(model.net)}")
+    say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
+
+
+@dataclass
+class Outcome:
+    """How fit ended. `exception` is what ended it abnormally: re-raised once summary.json is written."""
+
+    status: str = "failed"
+    metrics: dict[str, float] = field(default_factory=dict)  # at the end of fit, before the final validation
+    error: str | None = None
+    exception: BaseException | None = None
+
+
+def fit(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any], model: LMObjective, data: RunData) -> Outcome:
+    """Train, then validate at the last step unless the run was interrupted or a callback ended it on purpose.
+    Never raises: an exception (Ctrl-C included) is returned in the outcome."""
+    datamodule = cast(L.LightningDataModule, data)  # RunData is what lmforge adds to a LightningDataModule
+    outcome = Outcome()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        outcome.metrics = _final_metrics(trainer)  # validate() below resets the trainer's metrics
+        stopped_as = _stopped_as(callbacks)  # a callback that ended the run on purpose names it, e.g. "pruned"
+        if not trainer.interrupted and not stopped_as:  # a final validation at the last step
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        outcome.status = "interrupted" if trainer.interrupted else stopped_as or "completed"
+    except SystemExit as e:  # Lightning turns Ctrl-C into SystemExit after a graceful shutdown
+        outcome.status, outcome.exception = "interrupted", e
+    except BaseException as e:
+        outcome.error, outcome.exception = f"{type(e).__name__}: {e}", e
+    return outcome
+
+
+def summarize(
+    header: dict[str, Any],
+    outcome: Outcome,
+    trainer: L.Trainer,
+    callbacks: list[Any],
+    model: LMObjective,
+    started: float,
+) -> dict[str, Any]:
+    """summary.json's content: the header facts, what fit did, and the sections callbacks own."""
+    summary = {**header, "status": outcome.status, "metrics": outcome.metrics}
+    if outcome.error is not None:
+        summary["error"] = outcome.error
+    summary.update(steps=trainer.global_step, tokens=model.tokens_seen, wall_time_s=time.time() - started)
+    summary["metrics"] = {**summary["metrics"], **_final_metrics(trainer)}
+    summary["perf"] = {"device": str(trainer.strategy.root_device)}  # the throughput callback adds its figures
+    for cb in callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
+        if isinstance(cb, SummarySection):
+            section = cb.summary()
+            if section:
+                summary[cb.summary_key] = {**summary.get(cb.summary_key, {}), **section}
+    return summary
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and validate as configured; return the summary written to `<run dir>/summary.json`."""
+    started = time.time()
+    run_dir = Path(cfg.paths.output_dir)
+    check_config(cfg)
+    check_budget_config(cfg)
+    scale_options = ScaleOptions.from_config(cfg)
+    init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = build_data(cfg)
+    model = build_objective(cfg, datamodule, init_net, scale_options)
+    datamodule.set_batch_builder(
+        model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
+    )
+    if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
+        model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
+    trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options)
+    # Checkpoints carry the resolved config as it is now: with the vocabulary, accumulation and steps filled in.
+    # The budget needs the batch builder's block length, which the objective makes, so this one fact comes last.
+    model.run_config = resolved(cfg)
+
+    header = header_summary(cfg, model, datamodule, scale)
+    write_header(cfg, run_dir, model, datamodule, trainer, header)
+    flops = planned_flops(model.net, datamodule.block_builder, cfg, trainer, token_id=datamodule.vocab_size - 1)
+    estimate = pre_run_estimate(cfg, header["params"], trainer, callbacks, flops=flops)
+    if estimate:
+        header["emissions"] = {"estimate": estimate}
+
+    outcome = fit(cfg, trainer, callbacks, model, datamodule)
+    try:
+        summary = summarize(header, outcome, trainer, callbacks, model, started)
+        if trainer.is_global_zero:
+            write_summary(run_dir, summary)
+            _print_run_folder(run_dir, summary)
+        finish_loggers(trainer.loggers, summary, run_dir)  # W&B: close the run, print `wandb sync` if offline
+    finally:
+        if outcome.exception is not None:  # what ended fit, not a later error about the summary
+            raise outcome.exception
+    return summary
+
+
+# ------------------------------------------------------------------ helpers
 
 
 def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
@@ -50,6 +264,11 @@ def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
     if not group:
         return []
     return [instantiate(c, **kwargs) for c in group.values() if c is not None and "_target_" in c]
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations resolved: what checkpoints and loggers keep."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
 
 def _hydra_info() -> tuple[str, list[str]]:
@@ -64,125 +283,8 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.startswith("perf/")}
 
 
-def _stopped_as(trainer: L.Trainer) -> str | None:
-    return next((cb.final_status for cb in trainer.callbacks if getattr(cb, "final_status", None)), None)
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and validate as configured; return the summary written to `<run dir>/summary.json`."""
-    started = time.time()
-    run_dir = Path(cfg.paths.output_dir)
-    check_config(cfg)
-    check_budget_config(cfg)
-    scale_options = ScaleOptions.from_config(cfg)
-    init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-
-    objective_cls = get_class(cfg.model._target_)
-    datamodule = instantiate(cfg.data)
-    datamodule.build(objective_cls.special_tokens)
-    if init_net is None:
-        with open_dict(cfg):
-            cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
-            cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
-        model = build_model(cfg, seed=cfg.seed)  # on the meta device under FSDP; same initial weights on any world size
-    else:
-        check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
-        model = instantiate(cfg.model, net=init_net)
-    model.scale_options = scale_options
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule.set_batch_builder(
-        model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
-    )
-    if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
-        model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
-
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
-    # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
-    # otherwise add its own ModelCheckpoint under the logger's folder.
-    checkpointing = cfg.trainer.get(
-        "enable_checkpointing", any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
-    )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
-    )
-    scale = {
-        **describe_strategy(trainer, scale_options),
-        **apply_budget(cfg, trainer, datamodule.batch_builder.block_len),
-    }
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)  # with the accumulation and steps the budget set
-
-    model_name, overrides = _hydra_info()
-    summary: dict[str, Any] = {
-        "status": "failed",
-        "objective": model.name,
-        "model": model_name,
-        "params": model.num_parameters(),
-        "steps": 0,
-        "tokens": 0,
-        "wall_time_s": 0.0,
-        "metrics": {},
-        "baseline": {"unigram_val_loss": datamodule.cache.meta["unigram_val_loss"]},
-        "data": {
-            "corpus": datamodule.corpus.name,
-            "train_tokens": datamodule.cache.meta["tokens"]["train"],
-            "val_tokens": datamodule.cache.meta["tokens"]["val"],
-            "vocab_size": datamodule.vocab_size,
-        },
-        "overrides": overrides,
-        "scale": scale,
-    }
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        copy_tokenizer(datamodule.tokenizer_path, run_dir)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.get("print_config", True):
-            print_config_tree(cfg)
-        for lg in trainer.loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        say(
-            f"{model.name} model '{model_name}': {summary['params'] / 1e6:.2f}M parameters, vocabulary "
-            f"{datamodule.vocab_size}; corpus {summary['data']['corpus']}: {summary['data']['train_tokens']:,} "
-            f"train / {summary['data']['val_tokens']:,} val tokens; unigram baseline val loss "
-            f"{summary['baseline']['unigram_val_loss']:.3f}"
-        )
-        say(f"  parameters: {describe_parameters(model.net)}")
-        say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
-
-    flops = planned_flops(model.net, datamodule.batch_builder, cfg, trainer, token_id=datamodule.vocab_size - 1)
-    estimate = pre_run_estimate(cfg, summary["params"], trainer, callbacks, flops=flops)
-    if estimate:
-        summary["emissions"] = {"estimate": estimate}
-
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        summary["metrics"] = _final_metrics(trainer)  # validate() below resets the trainer's metrics
-        stopped_as = _stopped_as(trainer)  # a callback that ended the run on purpose names it, e.g. "pruned"
-        if not trainer.interrupted and not stopped_as:  # a final validation at the last step
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-        summary["status"] = "interrupted" if trainer.interrupted else stopped_as or "completed"
-    except SystemExit:  # Lightning turns Ctrl-C into SystemExit after a graceful shutdown
-        summary["status"] = "interrupted"
-        raise
-    except BaseException as e:
-        summary["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        summary.update(steps=trainer.global_step, tokens=model.tokens_seen, wall_time_s=time.time() - started)
-        summary["metrics"] = {**summary["metrics"], **_final_metrics(trainer)}
-        summary["perf"] = {"device": str(trainer.strategy.root_device)}  # the throughput callback adds its figures
-        for cb in trainer.callbacks:  # callbacks that own a summary section (samples, emissions, perf, ...)
-            if hasattr(cb, "summary_key") and hasattr(cb, "summary"):
-                section = cb.summary()
-                if section:
-                    summary[cb.summary_key] = {**summary.get(cb.summary_key, {}), **section}
-        if trainer.is_global_zero:
-            write_summary(run_dir, summary)
-            _print_run_folder(run_dir, summary)
-        finish_loggers(trainer.loggers, summary, run_dir)  # W&B: close the run, print `wandb sync` if offline
-    return summary
+def _stopped_as(callbacks: list[Any]) -> str | None:
+    return next((cb.final_status for cb in callbacks if isinstance(cb, EndsRunOnPurpose) and cb.final_status), None)
 
 
 def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -195,13 +297,15 @@ def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
             f"{summary['steps']} steps, {summary['tokens']:,} tokens, "
             f"{summary['wall_time_s']:.0f}s"
         )
-    say(f"Run folder ({summary['status']}): {run_dir}")
-    for p in sorted(run_dir.iterdir()):
-        print(f"  {p.name}{'/' if p.is_dir() else ''}")
+    listing = [f"  {p.name}{'/' if p.is_dir() else ''}" for p in sorted(run_dir.iterdir())]
+    say("\n".join([f"Run folder ({summary['status']}): {run_dir}", *listing]))
 
 
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Entry used by the top-level train.py: user mistakes end with one message and exit status 2."""
+# ------------------------------------------------------------------ entry points
+
+
+def train_job(cfg: DictConfig) -> dict[str, Any]:
+    """One Hydra job (top-level train.py, `lmforge-train`): user mistakes end with one message and exit status 2."""
     try:
         with isolated_job():  # ranks Lightning starts run this job, in its folder (lmforge/parallel/launch.py)
             return run(cfg)
@@ -213,6 +317,24 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(2)
 
 
+def hydra_task(cfg: DictConfig) -> float | None:
+    summary = train_job(cfg)
+    return summary.get("metrics", {}).get("val/loss")  # the value Hydra sweepers optimise
+
+
+def main() -> None:
+    """The `lmforge-train` console script: `python train.py` from any folder, with the same config and overrides."""
+    if not (CONFIG_DIR / "train.yaml").is_file():
+        print(
+            f"error: lmforge-train reads the config in the repository's conf/ ({CONFIG_DIR}), which is not there: "
+            "install lmforge from a checkout (`pip install -e .`), or run `python train.py` in one.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    # Hydra names the job after this module ("train"), so the log file is train.log, as with train.py.
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(hydra_task)()
+
+
 def _find_user_error(e: BaseException | None) -> LmforgeError | None:
     """Hydra's instantiate wraps constructor errors; look through the chain for ours."""
     seen = set()
@@ -222,3 +344,7 @@ def _find_user_error(e: BaseException | None) -> LmforgeError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+if __name__ == "__main__":  # python -m lmforge.train
+    main()

@@ -6,42 +6,60 @@ which train.py prints without a traceback.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import ConfigError
 
 
-def _get(cfg: DictConfig, key: str, default=None):
-    from omegaconf import OmegaConf
+def positive(
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    allow_zero: bool = False,
+    error: type[Exception] = ConfigError,
+    unset_hint: str = "",
+) -> Any:
+    """`value` if it is a finite number > 0 (>= 0 with `allow_zero`; a whole number with `integer`, returned as an
+    int), None if it is unset; else `error` with a message naming the key, the value and what is accepted. The one
+    check behind every "must be positive" of the config (here, lmforge.budget) and of the emissions estimator."""
+    if value is None:
+        return None
+    kind = ("non-negative " if allow_zero else "positive ") + ("integer" if integer else "number")
+    bound = ">= 0" if allow_zero else "> 0"
+    try:  # strings and bools are not numbers here even where float() would take them
+        number = float(value) if not isinstance(value, (str, bool)) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise error(f"{key}={value!r} must be a {kind}{unset_hint}.")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise error(f"{key}={value!r} must be a {kind} ({bound}){unset_hint}.")
+    return int(number) if integer else value
 
+
+def _get(cfg: DictConfig, key: str, default=None):
     return OmegaConf.select(cfg, key, default=default)
 
 
-def _positive(cfg: DictConfig, key: str, kind=float, allow_missing: bool = True) -> None:
-    value = _get(cfg, key)
-    if value is None:
-        if allow_missing:
-            return
-        raise ConfigError(f"{key} is not set; give it a positive {kind.__name__}.")
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (kind is int and not float(value).is_integer())
-    ):
-        raise ConfigError(f"{key}={value!r} must be a positive {kind.__name__}.")
-    if value <= 0:
-        raise ConfigError(f"{key}={value} must be a positive {kind.__name__} (> 0).")
+def _positive_key(cfg: DictConfig, key: str, integer: bool = False, required: bool = False) -> None:
+    if required and _get(cfg, key) is None:
+        raise ConfigError(f"{key} is not set; give it a positive {'integer' if integer else 'number'}.")
+    positive(key, _get(cfg, key), integer=integer)
 
 
 def check_config(cfg: DictConfig) -> None:
-    _positive(cfg, "model.optimizer.lr")
-    _positive(cfg, "data.batch_size", int, allow_missing=False)
-    _positive(cfg, "data.seq_len", int, allow_missing=False)
-    _positive(cfg, "trainer.accumulate_grad_batches", int)
+    _positive_key(cfg, "model.optimizer.lr")
+    _positive_key(cfg, "data.batch_size", integer=True, required=True)
+    _positive_key(cfg, "data.seq_len", integer=True, required=True)
+    _positive_key(cfg, "trainer.accumulate_grad_batches", integer=True)
     max_steps = _get(cfg, "trainer.max_steps")
     max_epochs = _get(cfg, "trainer.max_epochs")
     if max_steps is not None and max_steps != -1:
-        _positive(cfg, "trainer.max_steps", int)
+        _positive_key(cfg, "trainer.max_steps", integer=True)
     elif max_epochs is None or max_epochs <= 0:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: set a positive number of optimizer steps "

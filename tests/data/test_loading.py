@@ -21,7 +21,7 @@ class RandomMaskBatches(PackedCausalBatches):
     """A builder that draws random numbers, as MLM masking does."""
 
     def __call__(self, blocks, rng):
-        batch = super().__call__(blocks)
+        batch = super().__call__(blocks, rng)
         batch["noise"] = torch.from_numpy(rng.random(batch["input_ids"].shape))
         return batch
 

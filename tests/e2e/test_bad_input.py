@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+from pathlib import Path
+
 import pytest
-from conftest import TINY, run_train
+import torch
+from conftest import TINY, run_dir_from_output, run_train
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +89,41 @@ def test_vocabulary_too_large_for_the_token_dtype(text_corpus):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data.token_dtype=uint16" in proc.stderr and "70,000" in proc.stderr
+
+
+def test_diverging_loss_stops_within_log_every_n_steps_and_keeps_checkpoints(text_corpus, tmp_path, monkeypatch):
+    """The finite-loss check runs at logging steps only (no device sync per step), but a loss that goes bad stops
+    the run with one clear message at most log_every_n_steps steps later; the checkpoints saved before stay."""
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    bad_from, every = 12, 4
+    proc = run_train(
+        [
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "logger=csv",
+            "trainer.max_steps=40",
+            f"trainer.log_every_n_steps={every}",
+            "+callbacks.inject_inf._target_=inject_inf.InfWeightFrom",
+            f"+callbacks.inject_inf.step={bad_from}",
+        ]
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "train/loss became" in proc.stderr and "model.optimizer.lr" in proc.stderr, proc.stderr[-800:]
+    run_dir = run_dir_from_output(proc.stdout)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "LmforgeError" in summary["error"]
+    assert bad_from <= summary["steps"] < bad_from + every
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 10  # the validation at step 10 saved it; nothing after overwrote it
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    # the gradient norm is computed only in logging steps, and logged in every one of them
+    loss_steps = {r["step"] for r in rows if r.get("train/loss")}
+    assert loss_steps and loss_steps == {r["step"] for r in rows if r.get("grad_norm")}
 
 
 LLAMA_TINY = ["model=llama_tiny", *[a for a in TINY if not a.startswith("model=")]]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY, run_dir_from_output, run_train
@@ -85,3 +89,21 @@ def test_default_logger_is_an_offline_wandb_run_in_the_run_folder(text_corpus):
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline W&B run under {run_dir / 'wandb'}"
     assert list(runs[0].glob("*.wandb")), "the offline run has no .wandb record log"
+
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("lmforge-train")  # pyproject's [project.scripts], once installed
+
+
+@pytest.mark.parametrize("entry", ["lmforge-train", "python -m lmforge.train"])
+def test_console_entry_points_find_the_config_from_any_folder(entry, tmp_path):
+    if entry == "lmforge-train" and not CONSOLE_SCRIPT.exists():
+        pytest.skip("lmforge is not installed here (pip install -e .)")
+    command = [str(CONSOLE_SCRIPT)] if entry == "lmforge-train" else [sys.executable, "-m", "lmforge.train"]
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [*command, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    job = run("--cfg", "job", "model=gpt_tiny")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "task_name: train" in job.stdout and "lmforge.objectives.clm.CausalLM" in job.stdout
+    hydra = run("--cfg", "hydra")
+    assert hydra.returncode == 0 and "    name: train\n" in hydra.stdout  # the job's log file is train.log

@@ -25,9 +25,9 @@ from lmforge.emissions.estimate import (
     estimate,
     estimate_for_run,
     format_estimate,
+    formula_training_flops,
     grid_intensity,
     project,
-    training_flops,
 )
 
 SRC = Path(hardware.__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_estimator_reproduces_gpt3_footprint():
     assert est.co2_kg / 1000 == pytest.approx(552, rel=0.02)
     assert "MWh" in format_estimate(est) and "tCO2e" in format_estimate(est)
     # the compute path: 6 x 175B x 300B = 3.15e23 FLOPs (paper: 3.14e23)
-    assert training_flops(175e9, 300e9) == pytest.approx(3.14e23, rel=0.02)
+    assert formula_training_flops(175e9, 300e9) == pytest.approx(3.14e23, rel=0.02)
     est2 = estimate(params=175e9, tokens=300e9, accelerator="v100", count=10_000, mfu=0.2, dtype="fp16")
     assert est2.power_w == 300  # the V100's TDP when --power-w is not given
     assert est2.wall_hours == pytest.approx(est2.accelerator_hours / 10_000)

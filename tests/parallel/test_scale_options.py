@@ -3,16 +3,17 @@ activation checkpointing's equivalence, the block seam, and the command a Lightn
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lmforge.budget import apply_budget, check_budget_config
+from lmforge.budget import check_budget_config, plan_budget
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT
 from lmforge.models.t5 import T5
 from lmforge.parallel.init import materialize
+from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, checkpoint_blocks, transformer_blocks
 
 
@@ -22,23 +23,36 @@ def _cfg(**top):
     )
 
 
-def _trainer(devices: int) -> L.Trainer:
-    # A real Trainer knows its world size at construction; processes start only at fit().
-    return L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        max_steps=100,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+def _trainer_cfg(devices: int):
+    return OmegaConf.create(
+        {
+            "_target_": "lightning.pytorch.Trainer",
+            "accelerator": "cpu",
+            "devices": devices,
+            "strategy": "ddp" if devices > 1 else "auto",
+            "max_steps": 100,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        }
     )
+
+
+def _world(devices: int) -> int:
+    # Lightning's own resolution of the processes, as the Trainer built from this config will have them
+    return planned_world_size(_trainer_cfg(devices))
+
+
+def test_planned_world_size_is_the_trainers():
+    for devices in (1, 2):
+        # A real Trainer knows its world size at construction; processes start only at fit().
+        assert _world(devices) == instantiate(_trainer_cfg(devices)).world_size == devices
 
 
 def test_global_batch_sets_accumulation_from_world_size():
     cfg = _cfg(global_batch_size=64)
-    scale = apply_budget(cfg, _trainer(2), block_len=128)
+    scale = plan_budget(cfg, _world(2), block_len=128)
     assert scale["accumulate_grad_batches"] == 4 and scale["global_batch_size"] == 64  # 64 = 8 x 2 x 4
     assert scale["tokens_per_step"] == 64 * 128
     assert cfg.trainer.accumulate_grad_batches == 4, "config.yaml must show what ran"
@@ -46,15 +60,15 @@ def test_global_batch_sets_accumulation_from_world_size():
 
 def test_global_batch_not_divisible_names_keys_and_choices():
     with pytest.raises(ConfigError) as e:
-        apply_budget(_cfg(global_batch_size=20), _trainer(2), block_len=128)
+        plan_budget(_cfg(global_batch_size=20), _world(2), block_len=128)
     msg = str(e.value)
     assert "global_batch_size=20" in msg and "data.batch_size" in msg and "16 or 32" in msg
 
 
 def test_max_tokens_sets_max_steps():
     cfg = _cfg(max_tokens=1_000_000)
-    trainer = _trainer(1)
-    scale = apply_budget(cfg, trainer, block_len=128)
+    scale = plan_budget(cfg, _world(1), block_len=128)
+    trainer = instantiate(_trainer_cfg(1), max_steps=cfg.trainer.max_steps)  # lmforge.train builds it from cfg
     assert scale["max_steps"] == trainer.max_steps == cfg.trainer.max_steps == 977  # ceil(1e6 / (8 * 128))
     assert scale["max_tokens"] == 1_000_000
 

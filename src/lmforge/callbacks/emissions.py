@@ -126,9 +126,9 @@ class EmissionsCallback(Callback):
         self._interrupted = False
         self._phase = "other"
         self._phase_stack: list[str] = []
-        self._mark: Reading | None = None
+        self._mark: dict[str, Any] | None = None  # totals at the last phase boundary
         self._phases: dict[str, dict[str, float]] = {}
-        self._train_start: Reading | None = None
+        self._train_start: dict[str, Any] | None = None
         self._projection: dict[str, Any] | None = None
         self._last_logged_step = -1
         self._sessions = 0
@@ -209,6 +209,7 @@ class EmissionsCallback(Callback):
                 "callbacks.emissions.intensity is ignored (needs codecarbon >= 3)"
             )
         kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
+        tracker: BaseEmissionsTracker
         if self.online:
             tracker = codecarbon.EmissionsTracker(**kwargs)
         else:
@@ -322,7 +323,7 @@ class EmissionsCallback(Callback):
             self._last_logged_step = step
             self._log(trainer, self._recorder.latest)
         if self.project_at and self._projection is None:
-            self._maybe_project(trainer, step)
+            self._maybe_project(trainer, step, self.project_at)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Lightning calls this for KeyboardInterrupt too (then sys.exit(1)); no collectives here.
@@ -360,9 +361,9 @@ class EmissionsCallback(Callback):
         except Exception:
             return math.inf
 
-    def _maybe_project(self, trainer: Any, step: int) -> None:
+    def _maybe_project(self, trainer: Any, step: int, project_at: float) -> None:
         total = self._total_steps(trainer)
-        if not math.isfinite(total) or total <= 0 or step < math.ceil(self.project_at * total):
+        if not math.isfinite(total) or total <= 0 or step < math.ceil(project_at * total):
             return
         now = self._read()
         if now is None:
@@ -412,14 +413,12 @@ class EmissionsCallback(Callback):
         import torch
 
         r = self._read()
-        tracked = 1.0 if (self._is_tracker_rank and r is not None) else 0.0
+        mine = r if self._is_tracker_rank else None  # only the tracker rank's totals are its node's
         vec = torch.tensor(
             [
-                tracked,
+                0.0 if mine is None else 1.0,
                 float(self._node_rank),
-                r["energy_kwh"] if tracked else 0.0,
-                r["co2_kg"] if tracked else 0.0,
-                r["duration_s"] if tracked else 0.0,
+                *((0.0, 0.0, 0.0) if mine is None else (mine["energy_kwh"], mine["co2_kg"], mine["duration_s"])),
             ],
             dtype=torch.float64,
             device=getattr(pl_module, "device", "cpu"),

@@ -19,6 +19,8 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lmforge.console import say
+
 TRIAL_FILE = "optuna_trial.json"
 SQLITE_TIMEOUT_S = 60  # trials and the sweep share one sqlite file; wait for its lock rather than fail
 
@@ -96,9 +98,10 @@ class OptunaPruning(L.Callback):
             self.final_status = "pruned"
             trainer.should_stop = True
             if trainer.is_global_zero:
-                print(
-                    f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}="
-                    f"{float(trainer.callback_metrics[self.monitor]):.4f} is behind the other trials."
+                value = float(trainer.callback_metrics[str(self.monitor)])
+                say(
+                    f"\nPruned by the sweep at step {trainer.global_step}: {self.monitor}={value:.4f} is behind the "
+                    "other trials."
                 )
 
     def summary(self) -> dict[str, Any]:

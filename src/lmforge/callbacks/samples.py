@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lmforge.console import say
 from lmforge.errors import ConfigError
 from lmforge.generation import check_top_p
 from lmforge.objectives.base import LMObjective
@@ -109,7 +110,7 @@ class GeneratedSamples(L.Callback):
         text = "\n\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(self.samples))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "samples.txt").write_text(text + "\n", encoding="utf-8")
-        print(f"\nSamples after {trainer.global_step} steps:\n{text}\n")
+        say(f"\nSamples after {trainer.global_step} steps:\n{text}\n")
 
     def summary(self) -> dict:
         return {"file": "samples.txt", "count": len(self.samples)} if self.samples else {}

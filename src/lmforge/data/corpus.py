@@ -76,11 +76,6 @@ def resolve_files(path: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, k
     return [f.resolve() for f in files]
 
 
-# Kept for callers of the first version.
-def resolve_text_files(path: str | Path, key: str = "data.path") -> list[Path]:
-    return resolve_files(path, TEXT_SUFFIXES, key)
-
-
 def document_ids(files: list[Path]) -> list[str]:
     """Ids that stay the same wherever the corpus lives: paths relative to the files' common folder."""
     if len(files) == 1:

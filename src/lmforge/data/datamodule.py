@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,22 +20,22 @@ from lmforge.data.loading import BatchCollator, ResumableDataLoader, ResumableSa
 from lmforge.data.token_cache import DEFAULT_SHARD_TOKENS, TokenCache, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, sample_texts, special_token_ids
 from lmforge.errors import ConfigError, DataError
+from lmforge.protocols import BatchBuilder
 
-__all__ = ["BatchBuilder", "LMDataModule", "TokenBlocks"]
+__all__ = ["BatchBuilder", "LMDataModule", "TokenBlocks", "data_facts"]
 
 
-class BatchBuilder(Protocol):
-    """Made by an objective: how many stream tokens one example uses, and how to collate.
-
-    A builder that draws random numbers declares `rng` (`__call__(self, blocks, rng)`): it then gets a
-    `numpy.random.Generator` seeded per batch, so batches are reproducible and survive a resume.
-    """
-
-    block_len: int
-
-    # Optional: `for_split(split) -> BatchBuilder`, a variant for "train" or "val".
-
-    def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]: ...
+def data_facts(corpus_name: str, meta: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The "data" and "baseline" sections of summary.json, from a token cache's meta.json (streams and pairs alike)."""
+    return {
+        "data": {
+            "corpus": corpus_name,
+            "train_tokens": meta["tokens"]["train"],
+            "val_tokens": meta["tokens"]["val"],
+            "vocab_size": vocab_size,
+        },
+        "baseline": {"unigram_val_loss": meta["unigram_val_loss"]},
+    }
 
 
 class LMDataModule(L.LightningDataModule):
@@ -71,7 +70,7 @@ class LMDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.token_dtype, self.shard_tokens = token_dtype, shard_tokens
-        self.tokenizer = None
+        self.tokenizer: Any = None  # a tokenizers.Tokenizer, once build() ran
         self.tokenizer_path: Path | None = None
         self.cache: TokenCache | None = None
         self.special_ids: dict[str, int] = {}
@@ -109,16 +108,27 @@ class LMDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    def summary_facts(self) -> dict[str, Any]:
+        return data_facts(self.corpus.name, self._cache().meta, self.vocab_size)
+
+    @property
+    def block_len(self) -> int:
+        return self._builder().block_len
+
+    @property
+    def block_builder(self) -> BatchBuilder | None:
+        return self.batch_builder  # every batch is built from blocks of the token stream
+
     def set_batch_builder(self, builder: BatchBuilder) -> None:
         self.batch_builder = builder
         for split in ("train", "val"):
-            n = self.cache.meta["tokens"][split]
+            n = self._cache().meta["tokens"][split]
             if n < builder.block_len:
                 raise DataError(
                     f"the {split} split of {self.corpus.name} has {n} tokens, fewer than one block of "
                     f"{builder.block_len} (data.seq_len={self.seq_len}). Add text or lower data.seq_len."
                 )
-        n_blocks = self.cache.meta["tokens"]["train"] // builder.block_len
+        n_blocks = self._cache().meta["tokens"]["train"] // builder.block_len
         if n_blocks < self.batch_size:
             raise DataError(
                 f"the train split of {self.corpus.name} has {n_blocks} blocks of {builder.block_len} tokens, fewer "
@@ -126,10 +136,18 @@ class LMDataModule(L.LightningDataModule):
                 "data.seq_len."
             )
 
-    def _dataset(self, split: str) -> TokenBlocks:
+    def _cache(self) -> TokenCache:
+        if self.cache is None:
+            raise RuntimeError("LMDataModule.build() must run first")
+        return self.cache
+
+    def _builder(self) -> BatchBuilder:
         if self.batch_builder is None:
             raise RuntimeError("LMDataModule.build() and set_batch_builder() must run before loaders are made")
-        return TokenBlocks(self.cache.tokens(split), self.batch_builder.block_len)
+        return self.batch_builder
+
+    def _dataset(self, split: str) -> TokenBlocks:
+        return TokenBlocks(self._cache().tokens(split), self.block_len)
 
     def _loader_kwargs(self) -> dict:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
@@ -141,8 +159,7 @@ class LMDataModule(L.LightningDataModule):
 
     def _collate(self, split: str) -> BatchBuilder:
         # An objective may collate validation differently (MLM/T5: masks fixed, so val metrics compare).
-        for_split = getattr(self.batch_builder, "for_split", None)
-        return for_split(split) if for_split else self.batch_builder
+        return self._builder().for_split(split)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
@@ -150,7 +167,7 @@ class LMDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         if len(sampler) < self.batch_size:
             raise DataError(
-                f"the train split has {len(dataset)} blocks of {self.batch_builder.block_len} tokens"
+                f"the train split has {len(dataset)} blocks of {self.block_len} tokens"
                 f"{f' ({len(sampler)} per rank over {world} ranks)' if world > 1 else ''}, fewer than one batch of "
                 f"data.batch_size={self.batch_size}. Add text, or lower data.batch_size or data.seq_len."
             )

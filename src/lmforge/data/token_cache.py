@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -40,7 +41,7 @@ FORMAT = 2  # bump when the layout or the split changes: old entries are then si
 ENCODE_BATCH_CHARS = 1 << 22  # text per encode call: bounds the Encodings held at once (~100 bytes/token)
 COPY_TOKENS = 1 << 23  # tokens per step when dealing the staging stream to the splits
 DEFAULT_SHARD_TOKENS = 1 << 28  # 512 MiB per shard at uint16
-DTYPES = {"uint16": np.dtype(np.uint16), "uint32": np.dtype(np.uint32)}
+DTYPES: dict[str, np.dtype[np.unsignedinteger[Any]]] = {"uint16": np.dtype(np.uint16), "uint32": np.dtype(np.uint32)}
 
 
 def token_dtype(vocab_size: int, requested: str = "auto") -> np.dtype:
@@ -150,23 +151,26 @@ class ShardWriter:
         self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
         folder.mkdir(parents=True, exist_ok=True)
         self.sizes: list[int] = []
-        self._fh = None
+        self._fh: BinaryIO | None = None
 
     def write(self, tokens: np.ndarray) -> None:
         tokens = tokens.astype(self.dtype, copy=False)
         while tokens.size:
-            if self._fh is None or self.sizes[-1] >= self.shard_tokens:
-                self._roll()
+            fh = self._fh
+            if fh is None or self.sizes[-1] >= self.shard_tokens:
+                fh = self._roll()
             room = self.shard_tokens - self.sizes[-1]
             part, tokens = tokens[:room], tokens[room:]
-            self._fh.write(part.tobytes())
+            fh.write(part.tobytes())
             self.sizes[-1] += part.size
 
-    def _roll(self) -> None:
+    def _roll(self) -> BinaryIO:
+        """Close the current shard and open the next one."""
         if self._fh is not None:
             self._fh.close()
         self._fh = open(self.folder / f"{len(self.sizes):05d}.bin", "wb")
         self.sizes.append(0)
+        return self._fh
 
     def close(self) -> list[int]:
         if self._fh is not None:

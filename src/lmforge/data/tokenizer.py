@@ -170,7 +170,9 @@ class TokenizerSpec:
 
         def build(tmp: Path) -> None:
             tok = (
-                self._from_file(specials) if self.path else self._train(texts() if callable(texts) else texts, specials)
+                self._from_file(self.path, specials)
+                if self.path
+                else self._train(texts() if callable(texts) else texts, specials)
             )
             tok.save(str(tmp / "tokenizer.json"))
 
@@ -182,18 +184,18 @@ class TokenizerSpec:
         tok.train_from_iterator(texts, trainer)
         return tok
 
-    def _from_file(self, specials: dict[str, str]) -> Tokenizer:
-        p = Path(self.path).expanduser()
+    def _from_file(self, path: str, specials: dict[str, str]) -> Tokenizer:
+        p = Path(path).expanduser()
         if not p.is_file():
             raise DataError(
-                f"tokenizer.path={self.path!r}: no such file. Point it at a tokenizer.json "
+                f"tokenizer.path={path!r}: no such file. Point it at a tokenizer.json "
                 "saved by the `tokenizers` library, or choose a tokenizer to train (tokenizer=bpe)."
             )
         try:
             tok = Tokenizer.from_file(str(p))
         except Exception as e:  # the library raises a bare Exception for malformed files
             raise DataError(
-                f"tokenizer.path={self.path!r}: not a tokenizer.json the `tokenizers` library can read ({e})."
+                f"tokenizer.path={path!r}: not a tokenizer.json the `tokenizers` library can read ({e})."
             ) from None
         missing = [t for t in dict.fromkeys(specials.values()) if tok.token_to_id(t) is None]
         if missing:
@@ -224,7 +226,7 @@ def special_token_ids(tok: Tokenizer, specials: dict[str, str]) -> dict[str, int
     missing = [f"{role}={specials[role]!r}" for role, i in ids.items() if i is None]
     if missing:
         raise DataError(f"the tokenizer has no id for the special tokens {', '.join(missing)}.")
-    return ids
+    return {role: i for role, i in ids.items() if i is not None}  # all of them, now known
 
 
 def copy_tokenizer(src: Path, run_dir: Path) -> Path:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from lmforge import hardware
+from lmforge.validate import positive
 
 DEFAULT_PUE = 1.0
 DEFAULT_INTENSITY_G_PER_KWH = 475.0  # CodeCarbon's "world_average" (IEA-based)
@@ -64,32 +64,32 @@ class Estimate:
 
 
 def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise EstimateError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise EstimateError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
+    checked = positive(name, value, allow_zero=allow_zero, error=EstimateError)
+    return None if checked is None else float(checked)
 
 
-def training_flops(
+def formula_training_flops(
     params: float, tokens: float, *, n_layer: int | None = None, d_model: int | None = None, seq_len: int | None = None
 ) -> float:
-    """Training FLOPs: 6·N·D, plus 12·L·d·T·D for attention when the shape is known."""
-    n = _positive("params", params)
-    d = _positive("tokens", tokens)
+    """Training FLOPs from counts alone, before any net exists: 6·N·D, plus 12·L·d·T·D for attention when the
+    shape is known. (lmforge.flops counts a built net's step exactly instead.)"""
+    n = _given("params", params)
+    d = _given("tokens", tokens)
     flops = 6.0 * n * d
     shape = (n_layer, d_model, seq_len)
     if any(x is not None for x in shape):
         if any(x is None for x in shape):
             raise EstimateError("give all of n_layer, d_model and seq_len for the attention term, or none")
-        flops += (
-            12.0 * _positive("n_layer", n_layer) * _positive("d_model", d_model) * _positive("seq_len", seq_len) * d
-        )
+        flops += 12.0 * _given("n_layer", n_layer) * _given("d_model", d_model) * _given("seq_len", seq_len) * d
     return flops
+
+
+def _given(name: str, value: float | None, *, allow_zero: bool = False) -> float:
+    """`_positive` for a value that must be there: a number, never None."""
+    v = _positive(name, value, allow_zero=allow_zero)
+    if v is None:
+        raise EstimateError(f"{name} must be a number, got None")
+    return v
 
 
 def estimate(
@@ -98,7 +98,7 @@ def estimate(
     tokens: float | None = None,
     flops: float | None = None,
     accelerator: str | None = None,
-    count: int = 1,
+    count: int | float = 1,  # a whole float (8.0) is taken as its int
     mfu: float | None = None,
     dtype: str = DEFAULT_DTYPE,
     accelerator_hours: float | None = None,
@@ -111,10 +111,10 @@ def estimate(
     peak_flops: float | None = None,
 ) -> Estimate:
     """Estimate from compute (params+tokens or flops, accelerator, mfu) or from accelerator-hours."""
-    pue = _positive("pue", pue)
+    pue = _given("pue", pue)
     if pue < 1.0:
         raise EstimateError(f"pue must be >= 1.0 (facility energy / IT energy), got {pue}")
-    intensity = _positive("intensity", intensity, allow_zero=True)
+    intensity = _given("intensity", intensity, allow_zero=True)
     power_w = _positive("power_w", power_w)
     if isinstance(count, float) and count.is_integer():
         count = int(count)
@@ -142,15 +142,15 @@ def estimate(
     wall_hours = None
     dt = None
     if accelerator_hours is not None:
-        acc_hours = _positive("accelerator_hours", accelerator_hours)
+        acc_hours = _given("accelerator_hours", accelerator_hours)
         if accelerator is not None:
             wall_hours = acc_hours / count
     elif compute_given:
         if flops is None:
             if params is None or tokens is None:
                 raise EstimateError("give both --params and --tokens (or --flops)")
-            flops = training_flops(params, tokens, n_layer=n_layer, d_model=d_model, seq_len=seq_len)
-        flops = _positive("flops", flops)
+            flops = formula_training_flops(params, tokens, n_layer=n_layer, d_model=d_model, seq_len=seq_len)
+        flops = _given("flops", flops)
         if accelerator is None:
             raise EstimateError("--accelerator NAME is needed to turn FLOPs into time")
         mfu = _positive("mfu", mfu)
@@ -199,11 +199,11 @@ def project(
     ``fixed_*`` is the part of the measurement that will not grow with steps (start-up,
     tracker warm-up); the rest is scaled by 1 / fraction_done.
     """
-    f = _positive("fraction_done", fraction_done)
+    f = _given("fraction_done", fraction_done)
     if f > 1:
         raise EstimateError(f"fraction_done must be in (0, 1], got {fraction_done}")
-    e = _positive("measured_energy_kwh", measured_energy_kwh, allow_zero=True)
-    c = _positive("measured_co2_kg", measured_co2_kg, allow_zero=True)
+    e = _given("measured_energy_kwh", measured_energy_kwh, allow_zero=True)
+    c = _given("measured_co2_kg", measured_co2_kg, allow_zero=True)
     fe, fc = min(fixed_energy_kwh, e), min(fixed_co2_kg, c)
     out = {
         "fraction_done": f,
@@ -213,7 +213,7 @@ def project(
         "co2_kg": fc + (c - fc) / f,
     }
     if elapsed_s is not None:
-        el = _positive("elapsed_s", elapsed_s, allow_zero=True)
+        el = _given("elapsed_s", elapsed_s, allow_zero=True)
         fs = min(fixed_s, el)
         out["measured_duration_s"] = el
         out["duration_s"] = fs + (el - fs) / f

@@ -10,9 +10,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lmforge.callbacks.emissions import EmissionsCallback
 from lmforge.console import say
 from lmforge.emissions.estimate import EstimateError, estimate_for_run, format_estimate
 from lmforge.flops import training_flops
+from lmforge.protocols import BatchBuilder
 
 
 def planned_micro_batches(cfg: DictConfig, trainer: L.Trainer) -> int:
@@ -26,20 +28,20 @@ def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:
     return planned_micro_batches(cfg, trainer) * cfg.data.batch_size * cfg.data.seq_len
 
 
-def planned_flops(net: nn.Module, builder: Any, cfg: DictConfig, trainer: L.Trainer, token_id: int) -> float | None:
+def planned_flops(
+    net: nn.Module, builder: BatchBuilder | None, cfg: DictConfig, trainer: L.Trainer, token_id: int
+) -> float | None:
     """Training FLOPs of the run, counted by lmforge.flops (the count MFU uses) on one batch the objective's
     own builder makes: exact shapes for every family (T5's encoder and decoder lengths differ, BERT adds
-    [CLS]/[SEP]), where 6 x params x tokens overestimates an encoder-decoder. None when the builder does not
-    make batches from stream blocks (seq2seq pairs) or the family is unknown: the caller falls back to 6ND."""
-    block_len = int(getattr(builder, "block_len", 0) or 0)
-    if block_len <= 0:
+    [CLS]/[SEP]), where 6 x params x tokens overestimates an encoder-decoder. None when there is no builder of
+    stream blocks (`RunData.block_builder`: seq2seq pairs have none) or lmforge.flops does not know the family:
+    the caller then falls back to 6ND."""
+    if builder is None:
         return None
-    try:
-        with torch.random.fork_rng(devices=[]):  # builders may draw from the global RNG: leave training's untouched
-            batch = builder([np.full(block_len, token_id, dtype=np.int64)] * cfg.data.batch_size)
-        per_micro_batch = training_flops(net, batch)
-    except Exception:  # an estimate is advice: any surprise here means "use the 6ND formula"
-        return None
+    block = np.full(builder.block_len, token_id, dtype=np.int64)
+    with torch.random.fork_rng(devices=[]):  # a builder that draws from torch's RNG must not move training's
+        batch = builder([block] * cfg.data.batch_size, np.random.default_rng(0))
+    per_micro_batch = training_flops(net, batch)
     if not per_micro_batch:
         return None
     return float(per_micro_batch) * planned_micro_batches(cfg, trainer)
@@ -49,9 +51,9 @@ def pre_run_estimate(
     cfg: DictConfig, params: int, trainer: L.Trainer, callbacks: list, flops: float | None = None
 ) -> dict[str, Any] | None:
     """Print the estimate (global rank 0) and hand it to the emissions callback for summary.json."""
-    tracker = next((c for c in callbacks if getattr(c, "summary_key", None) == "emissions"), None)
+    tracker = next((c for c in callbacks if isinstance(c, EmissionsCallback)), None)
     net = cfg.model.net
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if tracker is not None:
         kwargs = dict(
             country_iso_code=tracker.country_iso_code,

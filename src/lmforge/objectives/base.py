@@ -11,7 +11,7 @@ An objective subclasses `LMObjective` and provides:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import lightning as L
 import torch
@@ -19,26 +19,39 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
+from lmforge.parallel.wrap import ScaleOptions
+from lmforge.protocols import Net
+
+# Lightning's log_every_n_steps when a run turns logging off (0): how often the loss is still checked for NaN.
+CHECK_EVERY_WITHOUT_LOGS = 50
 
 
 class LMObjective(L.LightningModule):
     name: ClassVar[str] = "base"
     special_tokens: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, net: nn.Module, optimizer, scheduler=None, init_from: str | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer,
+        scheduler=None,
+        init_from: str | None = None,
+        scale_options: ScaleOptions | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.net = net
         self.init_from = init_from  # the HF folder lmforge.train loaded `net` from (model.init_from), if any
         # No save_hyperparameters: the optimizer/scheduler are Hydra partials that torch.load(weights_only)
         # refuses. Checkpoints instead carry plain dicts (see on_save_checkpoint): the net's config, so
-        # exports can rebuild the architecture, and the run's resolved config when lmforge.train sets it.
-        self.run_config: dict | None = None
+        # exports can rebuild the architecture, and the run's resolved config (lmforge.train passes it).
+        self.run_config = run_config
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss = MeanMetric()
         self.tokens_seen = 0  # input tokens consumed in training, summed over ranks
-        self.scale_options = (
-            None  # compile, activation checkpointing, init seed: set by lmforge.train (parallel/wrap.py)
-        )
+        self.scale_options = scale_options or ScaleOptions()  # compile, activation checkpointing, init seed
+        self.configured_for_scale = False  # parallel/wrap.py applied scale_options (Lightning asks for fit and again)
+        self._nonfinite_loss: torch.Tensor | None = None  # on the device: a non-finite loss since the last check
 
     # -- to be provided by each objective --
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None):
@@ -67,13 +80,8 @@ class LMObjective(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise LmforgeError(
-                f"train/loss became {loss.item()} at step {self.global_step}. Checkpoints saved so far are kept "
-                f"in the run folder. Lower model.optimizer.lr (now {self._peak_lr()}), keep gradient clipping on "
-                "(trainer.gradient_clip_val), or use a wider precision (trainer.precision=32-true)."
-            )
-        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self._stop_if_loss_diverged(loss)
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size  # shapes only: no device sync
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self._current_lr(), prog_bar=False)
         return loss
@@ -88,16 +96,46 @@ class LMObjective(L.LightningModule):
         self.log("val/loss", mean, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(mean.clamp(max=50)), sync_dist=False)
 
+    def _at_log_step(self) -> bool:
+        """True in the optimizer step whose metrics Lightning writes to the loggers: its own rule, `(steps done + 1)
+        % trainer.log_every_n_steps == 0` (steps done is the fit loop's `_batches_that_stepped`, which is
+        `global_step` with one optimizer)."""
+        # Lightning's logger connector sets log_every_n_steps on the Trainer; the class does not declare it
+        every = self.trainer.log_every_n_steps or CHECK_EVERY_WITHOUT_LOGS  # type: ignore[attr-defined]
+        return (self.trainer.global_step + 1) % every == 0
+
+    def _stop_if_loss_diverged(self, loss: torch.Tensor) -> None:
+        # Reading the loss on the host waits for the device, so it is read only at logging steps (when Lightning
+        # reads the logged metrics anyway). A non-finite loss in between is remembered on the device, so none goes
+        # unnoticed; the run stops at most log_every_n_steps steps after it, keeping the checkpoints saved before.
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
+        if not self._at_log_step():
+            return
+        seen, self._nonfinite_loss = bool(self._nonfinite_loss), None
+        if seen:
+            value = loss.item()
+            when = f"{value} at step" if not math.isfinite(value) else "non-finite before step"
+            raise LmforgeError(
+                f"train/loss became {when} {self.global_step}. Checkpoints saved so far are kept "
+                f"in the run folder. Lower model.optimizer.lr (now {self._peak_lr()}), keep gradient clipping on "
+                "(trainer.gradient_clip_val), or use a wider precision (trainer.precision=32-true)."
+            )
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Norm before clipping: what the optimizer was given. Logged every step for dashboards.
+        # Norm before clipping: what the optimizer was given. A pass over every gradient, so it is computed only
+        # in the steps whose metrics Lightning writes (trainer.log_every_n_steps), for dashboards.
+        if not self._at_log_step():
+            return
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads)
             self.log("grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
     # -- optimisation --
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+    def configure_optimizers(self) -> Any:  # Lightning's OptimizerLRSchedulerConfig, as a plain dict
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in self.net.parameters():
             if p.requires_grad:
                 # Matrices (linear and embedding weights) decay; biases and norm gains do not.
@@ -128,7 +166,7 @@ class LMObjective(L.LightningModule):
         checkpoint["lmforge"] = {
             "objective": self.name,
             "net_class": net_class_path(self.net),
-            "net_config": self.net.config_dict(),
+            "net_config": cast(Net, self.net).config_dict(),
             "tokens_seen": self.tokens_seen,
             "config": self.run_config,
             "init_from": self.init_from,
@@ -139,10 +177,6 @@ class LMObjective(L.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
-
-    @staticmethod
-    def perplexity(loss: float) -> float:
-        return math.exp(min(loss, 50.0))
 
 
 def net_class_path(net: nn.Module) -> str:

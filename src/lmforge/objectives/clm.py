@@ -22,7 +22,10 @@ class PackedCausalBatches:
 
     block_len: int
 
-    def __call__(self, blocks: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def for_split(self, split: str) -> PackedCausalBatches:
+        return self  # packing draws nothing: validation batches are built as training's
+
+    def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(np.stack(blocks)).long()
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 

@@ -153,8 +153,9 @@ class MaskedLM(LMObjective):
         mask_token_prob: float = 0.8,
         random_token_prob: float = 0.1,
         whole_word_mask: bool = False,
+        **kwargs,  # LMObjective's: scale_options, run_config
     ):
-        super().__init__(net, optimizer, scheduler, init_from=init_from)
+        super().__init__(net, optimizer, scheduler, init_from=init_from, **kwargs)
         if not 0 < mask_prob < 1:
             raise ConfigError(f"model.mask_prob={mask_prob} must be between 0 and 1 (exclusive); BERT uses 0.15.")
         if not (0 <= mask_token_prob and 0 <= random_token_prob and mask_token_prob + random_token_prob <= 1):

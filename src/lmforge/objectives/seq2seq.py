@@ -113,7 +113,10 @@ class PairBatches:
     max_target_len: int
     block_len: int = 0  # source tokens of an average example (token budgets); the pairs data module sets it
 
-    def __call__(self, pairs) -> dict[str, Any]:
+    def for_split(self, split: str) -> PairBatches:
+        return self  # padding and truncation draw nothing
+
+    def __call__(self, pairs, rng: np.random.Generator | None = None) -> dict[str, Any]:
         src = [np.append(np.asarray(p.source[: self.max_source_len - 1], dtype=np.int64), self.eos_id) for p in pairs]
         tgt = [np.append(np.asarray(p.target[: self.max_target_len - 1], dtype=np.int64), self.eos_id) for p in pairs]
         input_ids = torch.full((len(pairs), max(map(len, src))), self.pad_id, dtype=torch.long)
@@ -201,8 +204,9 @@ class Seq2SeqLM(LMObjective):
         num_beams: int = 1,
         max_new_tokens: int = 64,
         length_penalty: float = 1.0,
+        **kwargs,  # LMObjective's: scale_options, run_config
     ):
-        super().__init__(net, optimizer, scheduler, init_from=init_from)
+        super().__init__(net, optimizer, scheduler, init_from=init_from, **kwargs)
         if not 0 < noise_density < 1:
             raise ConfigError(f"model.noise_density={noise_density} must be between 0 and 1 (T5: 0.15).")
         if mean_noise_span_length < 1:

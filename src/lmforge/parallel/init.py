@@ -10,11 +10,15 @@ uninitialised), drawing random values only through `torch.nn.init`.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from lmforge.protocols import Net
 
 
 def wants_meta_init(cfg: DictConfig) -> bool:
@@ -28,15 +32,26 @@ def wants_meta_init(cfg: DictConfig) -> bool:
     return isinstance(target, type) and issubclass(target, FSDP2Strategy) and bool(strategy.get("meta_init", True))
 
 
-def build_model(cfg: DictConfig, seed: int):
+def instantiate_objective(model_cfg: DictConfig, net: nn.Module | None = None, **objective_kwargs: Any):
+    """cfg.model as an objective, with `net` (else cfg.model.net) and the objective's run-time arguments
+    (scale_options, run_config) passed to its constructor as they are. They go through a partial: keyword arguments
+    of Hydra's instantiate are merged into the config, which would turn a dataclass or a dict into a DictConfig
+    (and the checkpoint's run config must stay a plain dict that torch.load(weights_only) reads)."""
+    factory = instantiate(model_cfg, _partial_=True) if net is None else instantiate(model_cfg, net=net, _partial_=True)
+    return factory(**objective_kwargs)
+
+
+def build_model(cfg: DictConfig, seed: int, **objective_kwargs: Any):
     """Instantiate cfg.model. Its net is built on the meta device (no memory, no init) and materialised here with
-    seeded weights, or, under FSDP with meta_init, later in configure_model once each rank holds only its shard."""
+    seeded weights, or, under FSDP with meta_init, later in configure_model once each rank holds only its shard.
+    `objective_kwargs` go to the objective's constructor (lmforge.train: scale_options, run_config)."""
     net_cls = get_object(cfg.model.net._target_)
     if not isinstance(net_cls, type) or not callable(getattr(net_cls, "init_weights", None)):
-        return instantiate(cfg.model)  # e.g. a factory that loads pretrained weights: build as it says
+        # e.g. a factory that loads pretrained weights: build as it says
+        return instantiate_objective(cfg.model, **objective_kwargs)
     with torch.device("meta"):
         net = instantiate(cfg.model.net)
-    model = instantiate(cfg.model, net=net)
+    model = instantiate_objective(cfg.model, net=net, **objective_kwargs)
     if not wants_meta_init(cfg):
         materialize(net, torch.device("cpu"), seed)
     return model
@@ -58,7 +73,7 @@ def materialize(net: nn.Module, device: torch.device, seed: int) -> None:
     _retie(net, ties)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), _FullTensorInit():
         torch.manual_seed(seed)
-        net.init_weights()
+        cast(Net, net).init_weights()
     _zero_padding_rows(net)
 
 

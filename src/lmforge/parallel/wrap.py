@@ -103,9 +103,9 @@ def configure_model(objective) -> None:
     from lmforge.parallel.fsdp import FSDP2Strategy
     from lmforge.parallel.init import materialize
 
-    if getattr(objective, "_lmforge_configured", False):
+    if objective.configured_for_scale:
         return
-    options = objective.scale_options or ScaleOptions()
+    options = objective.scale_options
     net, strategy = objective.net, objective.trainer.strategy
     sharded = isinstance(strategy, FSDP2Strategy)
     blocks = transformer_blocks(net) if (sharded or options.activation_checkpointing or options.compile) else []
@@ -115,7 +115,7 @@ def configure_model(objective) -> None:
     if sharded:
         strategy.shard(net, blocks, objective.trainer.precision)
     materialize(net, strategy.root_device, options.init_seed)  # only a net still on the meta device
-    objective._lmforge_configured = True
+    objective.configured_for_scale = True
 
 
 def describe_strategy(trainer, options: ScaleOptions | None) -> dict:

@@ -207,7 +207,9 @@ def read_run(path: Path, sweep: Path | None = None) -> Run:
     run.model = summary.get("model")
     run.params, run.tokens = _int(summary.get("params")), _int(summary.get("tokens"))
     run.wall_time_s = _num(summary.get("wall_time_s"))
-    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+    metrics = summary.get("metrics")
+    if not isinstance(metrics, dict):
+        metrics = {}
     run.val_loss = _num(metrics.get("val/loss"))
     run.val_ppl = _num(metrics.get("val/ppl"))
     if run.val_ppl is None and run.val_loss is not None and run.val_loss < 50:

@@ -1,19 +1,23 @@
-"""Render the report as Markdown (PNG links) and self-contained HTML (PNGs inlined as base64).
+"""Render blocks as Markdown (PNG links) and self-contained HTML (PNGs inlined as base64).
 
-Both come from one list of blocks so they never disagree.
+The run report (lmforge.report) and the sweep report (lmforge.sweep.report) both describe themselves as one list
+of blocks and render it here, so the Markdown and HTML of a report never disagree and the two reports never drift.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lmforge.report.collect import Run, Sweep, totals
 
-Block = tuple  # ("h1"|"h2"|"p"|"table"|"img", ...)
+# ("h1" | "h2" | "h3" | "p" | "code", text), ("table", headers, rows) or ("img", alt text, PNG path).
+# Table cells may be any value (str() of it is shown); "**x**" is Markdown bold, shown plain in HTML.
+Block = tuple[Any, ...]
 
 RUN_HEADERS = [
     "run",
@@ -144,57 +148,81 @@ def build_blocks(sweeps: list[Sweep], plots: dict[str, dict[str, Path]], sources
         if made:
             blocks.append(("h2", f"Plots: {scope}"))
             for kind, path in made.items():
-                blocks.append(("img", titles.get(kind, kind), path))
+                title = titles.get(kind, kind)
+                blocks += [("h3", title), ("img", title, path)]
     return blocks
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(blocks: list[Block], out_dir: Path) -> str:
+    """Markdown with the images linked relative to `out_dir` (the folder the .md file is written to)."""
     lines: list[str] = []
     for b in blocks:
-        if b[0] == "h1":
-            lines += [f"# {b[1]}", ""]
-        elif b[0] == "h2":
-            lines += [f"## {b[1]}", ""]
-        elif b[0] == "p":
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += [f"{'#' * int(kind[1])} {b[1]}", ""]
+        elif kind == "p":
             lines += [b[1], ""]
-        elif b[0] == "table":
+        elif kind == "code":
+            lines += ["```", b[1], "```", ""]
+        elif kind == "table":
             _, headers, rows = b
-            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("| " + " | ".join(str(h) for h in headers) + " |")
             lines.append("|" + "|".join("---" for _ in headers) + "|")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             lines.append("")
-        elif b[0] == "img":
+        elif kind == "img":
             rel = Path(b[2]).resolve().relative_to(out_dir.resolve())
-            lines += [f"### {b[1]}", "", f"![{b[1]}]({rel.as_posix()})", ""]
+            lines += [f"![{b[1]}]({rel.as_posix()})", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class HtmlPage:
+    """What is a page's own when blocks become HTML: its head (doctype, title, stylesheet) and end, what separates
+    the blocks, and how it spells a table (`{head}`: the header cells, `{rows}`: the rows) and an image (`{alt}`,
+    `{data}`: the PNG in base64). Each report keeps the markup it has always had."""
+
+    head: str
+    foot: str = ""
+    separator: str = ""
+    table: str = "<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    image: str = '<img alt="{alt}" src="data:image/png;base64,{data}">'
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}tr:last-child td{font-weight:600}img{max-width:100%;border:1px solid #eee}"""
 
+RUN_REPORT_PAGE = HtmlPage(
+    head=f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>lmforge report</title><style>{_CSS}</style>'
+    "</head><body>",
+    foot="</body></html>",
+)
 
-def to_html(blocks: list[Block]) -> str:
+
+def _html_block(b: Block, page: HtmlPage) -> str:
     e = html.escape
-    body: list[str] = []
-    for b in blocks:
-        if b[0] in ("h1", "h2"):
-            body.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
-        elif b[0] == "p":
-            body.append(f"<p>{e(b[1])}</p>")
-        elif b[0] == "table":
-            _, headers, rows = b
-            head = "".join(f"<th>{e(h)}</th>" for h in headers)
-            trs = "".join("<tr>" + "".join(f"<td>{e(c.replace('**', ''))}</td>" for c in row) + "</tr>" for row in rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-        elif b[0] == "img":
-            data = base64.b64encode(Path(b[2]).read_bytes()).decode("ascii")
-            body.append(f'<h3>{e(b[1])}</h3><img alt="{e(b[1])}" src="data:image/png;base64,{data}">')
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>lmforge report</title>'
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+    kind = b[0]
+    if kind in ("h1", "h2", "h3"):
+        return f"<{kind}>{e(b[1])}</{kind}>"
+    if kind == "p":
+        return f"<p>{e(b[1])}</p>"
+    if kind == "code":
+        return f"<pre>{e(b[1])}</pre>"
+    if kind == "table":
+        _, headers, rows = b
+        head = "".join(f"<th>{e(str(h))}</th>" for h in headers)
+        cells = ("".join(f"<td>{e(str(c).replace('**', ''))}</td>" for c in row) for row in rows)
+        return page.table.format(head=head, rows="".join(f"<tr>{c}</tr>" for c in cells))
+    if kind == "img":
+        return page.image.format(alt=e(b[1]), data=base64.b64encode(Path(b[2]).read_bytes()).decode("ascii"))
+    raise ValueError(f"unknown report block {kind!r}")
+
+
+def to_html(blocks: list[Block], page: HtmlPage = RUN_REPORT_PAGE) -> str:
+    """One self-contained HTML page: the images are inlined, so the file can be mailed or uploaded alone."""
+    return page.separator.join([page.head, *(_html_block(b, page) for b in blocks)]) + page.foot + "\n"

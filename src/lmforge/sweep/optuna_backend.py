@@ -51,9 +51,10 @@ def _suggest(trial, p: Param, grid: bool) -> Any:
         return trial.suggest_categorical(p.key, p.grid() if grid else list(p.choices))
     if p.log and p.step is not None:
         raise ConfigError(f"sweep.params.{p.key}: a log scale and a step cannot be combined; use interval().")
+    low, high = p.bounds
     if p.kind == "int":
-        return trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-    return trial.suggest_float(p.key, float(p.low), float(p.high), step=p.step, log=p.log)
+        return trial.suggest_int(p.key, int(low), int(high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(p.key, float(low), float(high), step=p.step, log=p.log)
 
 
 def open_study(spec: SweepSpec):
@@ -135,6 +136,7 @@ def budget(spec: SweepSpec) -> int:
     if spec.backend == "grid":
         size = grid_size(spec.space)
         return min(spec.n_trials, size) if spec.n_trials else size
+    assert spec.n_trials is not None  # only a grid may leave it open (build_spec checks)
     return spec.n_trials
 
 
@@ -187,6 +189,7 @@ def run_study(spec: SweepSpec, runner: TrialRunner) -> None:
         trial.set_user_attr("launched", True)
         outcome = runner.run(trial.number, overrides, [PRUNING_OVERRIDE] if spec.pruning else [])
         if outcome.status == "completed":
+            assert outcome.value is not None  # a completed trial without the metric is failed (read_outcome)
             return outcome.value
         if outcome.status == "pruned":
             raise optuna.TrialPruned()

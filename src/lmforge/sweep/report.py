@@ -5,13 +5,12 @@ sweep's total cost — in `sweep.html` / `sweep.md`, with the PNGs under `plots/
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 from typing import Any
 
 from lmforge.report.plots import save_figure
+from lmforge.report.render import Block, HtmlPage, to_html, to_markdown
 from lmforge.sweep.spec import SweepSpec
 
 COLORS = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "interrupted": "tab:gray"}
@@ -118,9 +117,22 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _blocks(spec: SweepSpec, summary: dict[str, Any], plots: dict[str, Path], emissions_report: str | None) -> list:
+SWEEP_PAGE = HtmlPage(
+    head="<!doctype html><meta charset='utf-8'><title>sweep</title>\n"
+    "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}pre{background:#f4f4f4;padding:8px;"
+    "white-space:pre-wrap}</style>",
+    separator="\n",
+    table="<table><tr>{head}</tr>{rows}</table>",
+    image="<img alt='{alt}' style='max-width:100%' src='data:image/png;base64,{data}'>",
+)
+
+
+def _blocks(
+    spec: SweepSpec, summary: dict[str, Any], plots: dict[str, Path], emissions_report: str | None
+) -> list[Block]:
     t, best = summary["totals"], summary.get("best")
-    blocks: list[tuple] = [
+    blocks: list[Block] = [
         ("h1", f"Sweep '{spec.name}'"),
         ("p", f"{spec.backend} search of {spec.metric} ({spec.direction}) in {spec.dir}; status {summary['status']}."),
     ]
@@ -183,56 +195,10 @@ def _blocks(spec: SweepSpec, summary: dict[str, Any], plots: dict[str, Path], em
     ]
     blocks += [("h2", "Trials"), ("table", ["trial", "state", *keys, spec.metric, "steps", "time (s)", "kgCO2e"], rows)]
     for title, p in plots.items():
-        blocks += [("h2", title), ("img", p)]
+        blocks += [("h2", title), ("img", p.stem, p)]
     if emissions_report:
         blocks.append(("p", emissions_report))
     return blocks
-
-
-def _to_markdown(blocks: list, out: Path) -> str:
-    lines = []
-    for b in blocks:
-        if b[0] == "h1":
-            lines.append(f"# {b[1]}\n")
-        elif b[0] == "h2":
-            lines.append(f"## {b[1]}\n")
-        elif b[0] == "p":
-            lines.append(b[1] + "\n")
-        elif b[0] == "code":
-            lines.append(f"```\n{b[1]}\n```\n")
-        elif b[0] == "table":
-            lines.append("| " + " | ".join(map(str, b[1])) + " |")
-            lines.append("|" + "---|" * len(b[1]))
-            lines += ["| " + " | ".join(map(str, r)) + " |" for r in b[2]]
-            lines.append("")
-        elif b[0] == "img":
-            lines.append(f"![{b[1].stem}]({b[1].relative_to(out).as_posix()})\n")
-    return "\n".join(lines)
-
-
-def _to_html(blocks: list) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>sweep</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}pre{background:#f4f4f4;padding:8px;"
-        "white-space:pre-wrap}</style>",
-    ]
-    for b in blocks:
-        if b[0] in ("h1", "h2"):
-            parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
-        elif b[0] == "p":
-            parts.append(f"<p>{e(b[1])}</p>")
-        elif b[0] == "code":
-            parts.append(f"<pre>{e(b[1])}</pre>")
-        elif b[0] == "table":
-            head = "".join(f"<th>{e(str(h))}</th>" for h in b[1])
-            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
-            parts.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif b[0] == "img":
-            data = base64.b64encode(b[1].read_bytes()).decode()
-            parts.append(f"<img alt='{e(b[1].stem)}' style='max-width:100%' src='data:image/png;base64,{data}'>")
-    return "\n".join(parts) + "\n"
 
 
 def emissions_report(sweep_dir: Path, out: Path) -> str:
@@ -266,6 +232,6 @@ def write_report(spec: SweepSpec, summary: dict[str, Any]) -> Path:
     except ImportError:
         note += " Plots need matplotlib: pip install 'lmforge[report]'."
     blocks = _blocks(spec, summary, plots, note)
-    (out / "sweep.md").write_text(_to_markdown(blocks, out), encoding="utf-8")
-    (out / "sweep.html").write_text(_to_html(blocks), encoding="utf-8")
+    (out / "sweep.md").write_text(to_markdown(blocks, out), encoding="utf-8")
+    (out / "sweep.html").write_text(to_html(blocks, SWEEP_PAGE), encoding="utf-8")
     return out / "sweep.html"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, QuotedString, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, QuotedString, RangeSweep, Sweep
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +46,13 @@ class Param:
     choices: tuple[Value, ...] = field(default_factory=tuple)
     is_group: bool = False  # a config-group choice (model=gpt) rather than a value (model.net.n_layer=4)
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of an 'int' or 'float' parameter, both inclusive."""
+        if self.low is None or self.high is None:
+            raise ConfigError(f"sweep.params.{self.key} is a choice; it has no low and high.")
+        return self.low, self.high
+
     def grid(self) -> list[Value]:
         """The values a grid visits; continuous intervals have none."""
         if self.kind == "choice":
@@ -55,8 +62,9 @@ class Param:
                 f"sweep.params.{self.key} is a continuous interval; a grid needs a finite set: "
                 f"use choice(...) or range(start, stop, step)."
             )
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        values = [self.low + i * self.step for i in range(n)]
+        low, high = self.bounds
+        n = int(math.floor((high - low) / self.step + 1e-9)) + 1
+        values = [low + i * self.step for i in range(n)]
         return [int(v) for v in values] if self.kind == "int" else [round(v, 12) for v in values]
 
     def describe(self) -> dict[str, Any]:
@@ -96,6 +104,7 @@ def parse_param(key: str, expr: Any, groups: set[str] | frozenset[str] = frozens
             "A value for every trial goes in sweep.overrides or on the command line."
         )
     sweep = override.value()
+    assert isinstance(sweep, Sweep)  # is_sweep_override()
     log = "log" in sweep.tags
     is_group = key in groups
     if isinstance(sweep, ChoiceSweep):
@@ -113,6 +122,7 @@ def parse_param(key: str, expr: Any, groups: set[str] | frozenset[str] = frozens
         return Param(key, "int" if is_int else "float", low=values[0], high=values[-1], step=sweep.step, log=log)
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
+        assert low is not None and high is not None  # the grammar's interval() takes exactly two numbers
         if not low < high:
             raise ConfigError(f"{where}: interval(low, high) needs low < high.")
         if log and low <= 0:
@@ -146,6 +156,7 @@ def parse_space(
             "sweep.params: {model.optimizer.lr: 'tag(log, interval(1e-4, 1e-2))'}."
         )
     items = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params)
+    assert isinstance(items, dict)  # a DictConfig's container is a dict
     space = [parse_param(k, v, groups) for k, v in _flatten(items).items()]
     if cfg is not None:
         for p in space:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,8 +18,11 @@ from lmforge.errors import ConfigError
 from lmforge.sweep.space import Param, parse_space
 from lmforge.validate import check_config
 
+Direction = Literal["minimize", "maximize"]
+Choice = TypeVar("Choice", bound=str)
+
 BACKENDS = ("optuna", "grid", "wandb")
-DIRECTIONS = ("minimize", "maximize")
+DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 SPEC_FILE = "sweep.json"  # the sweep's identity, written on first start, compared on every re-run
@@ -43,7 +46,7 @@ class SweepSpec:
     dir: Path
     backend: str
     metric: str
-    direction: str
+    direction: Direction
     n_trials: int | None
     n_jobs: int
     seed: int
@@ -83,7 +86,17 @@ class SweepSpec:
         return cmd + self.trial_overrides + list(overrides)
 
 
-def _choice(cfg: DictConfig, key: str, accepted: tuple[str, ...]) -> str:
+def as_dict(node: Any, key: str, *, resolve: bool = True) -> dict[str, Any]:
+    """The config mapping at `key` (sweep.sampler, sweep.launcher, ...) as a plain dict; {} where it is unset."""
+    if node is None:
+        return {}
+    value = OmegaConf.to_container(node, resolve=resolve) if OmegaConf.is_config(node) else node
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}={value!r}: give a mapping (key: value, ...).")
+    return {str(k): v for k, v in value.items()}
+
+
+def _choice(cfg: DictConfig, key: str, accepted: tuple[Choice, ...]) -> Choice:
     value = OmegaConf.select(cfg, key)
     if value not in accepted:
         raise ConfigError(f"{key}={value!r}: choose one of {', '.join(accepted)}.")
@@ -97,8 +110,9 @@ def _optional_groups(hydra_cfg: Any) -> list[str]:
     path = Path(main.removeprefix("file://")) / "train.yaml" if main else None
     if path is None or not path.exists():
         return ["debug", "experiment"]
-    defaults = OmegaConf.load(path).get("defaults", [])
-    return sorted(k for d in defaults if isinstance(d, DictConfig) for k, v in d.items() if v is None)
+    train = OmegaConf.load(path)
+    defaults = train.get("defaults", []) if isinstance(train, DictConfig) else []
+    return sorted(str(k) for d in defaults if isinstance(d, DictConfig) for k, v in d.items() if v is None)
 
 
 def _concurrent_overrides(cfg: DictConfig, given: list[str]) -> list[str]:
@@ -126,8 +140,8 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
         raise ConfigError("sweep.n_trials=null is only for sweep.backend=grid (the whole grid); give a number.")
     if not isinstance(s.n_jobs, int) or s.n_jobs < 1:
         raise ConfigError(f"sweep.n_jobs={s.n_jobs!r} must be a positive int (trials run at once).")
-    sampler = OmegaConf.to_container(s.sampler, resolve=True)
-    pruner = OmegaConf.to_container(s.pruner, resolve=True)
+    sampler = as_dict(s.sampler, "sweep.sampler")
+    pruner = as_dict(s.pruner, "sweep.pruner")
     if backend == "optuna":
         _choice(cfg, "sweep.sampler.name", SAMPLERS)
     _choice(cfg, "sweep.pruner.name", PRUNERS)
@@ -166,8 +180,8 @@ def build_spec(cfg: DictConfig, hydra_cfg: Any, train_script: Path) -> SweepSpec
         groups=sorted(groups),
         optional_groups=_optional_groups(hydra_cfg),
         concurrent_overrides=_concurrent_overrides(cfg, fixed + cli),
-        launcher=OmegaConf.to_container(s.launcher, resolve=True) if s.get("launcher") else {},
-        wandb=OmegaConf.to_container(s.wandb, resolve=True) if s.get("wandb") else {},
+        launcher=as_dict(s.get("launcher"), "sweep.launcher"),
+        wandb=as_dict(s.get("wandb"), "sweep.wandb"),
         report=bool(s.report),
     )
 

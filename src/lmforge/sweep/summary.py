@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lmforge.summary import read_summary
-from lmforge.sweep.spec import SweepSpec, spec_dict
+from lmforge.sweep.spec import SweepSpec, as_dict, spec_dict
 from lmforge.sweep.trials import metric_value
 
 SUMMARY_FILE = "sweep_summary.json"
@@ -66,8 +66,8 @@ def best_trial(trials: list[dict[str, Any]], direction: str) -> dict[str, Any] |
 
 def _total(trials: list[dict[str, Any]], key: str, section: str | None = None) -> float | None:
     values = [(t.get(section) or {}).get(key) if section else t.get(key) for t in trials]
-    values = [v for v in values if isinstance(v, (int, float))]
-    return float(sum(values)) if values else None
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    return float(sum(numbers)) if numbers else None
 
 
 def totals(trials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,7 +111,11 @@ def experiment_yaml(spec: SweepSpec, best: dict[str, Any]) -> str:
         else:
             OmegaConf.update(body, key, o.value(), force_add=True)
     defaults.sort(key=lambda d: isinstance(d, dict))  # Hydra wants plain includes before overrides
-    doc = OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(body)}) if defaults else body
+    doc = (
+        OmegaConf.create({"defaults": defaults, **as_dict(body, "the best trial's overrides", resolve=False)})
+        if defaults
+        else body
+    )
     header = [
         "# @package _global_",
         f"# Best trial of sweep '{spec.name}': trial {best['number']}, {spec.metric}={best['value']:.6g}.",

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +58,7 @@ class TrialRunner:
     def say(self, text: str) -> None:
         log.info(text)
 
-    def run(self, number: int, overrides: list[str], extra: list[str] = ()) -> Outcome:
+    def run(self, number: int, overrides: list[str], extra: Sequence[str] = ()) -> Outcome:
         run_dir = self.spec.dir / trial_dir_name(number)
         if self.spec.n_jobs > 1 and self.spec.launcher.get("name", "local") == "local":
             extra = [*extra, *self.spec.concurrent_overrides]

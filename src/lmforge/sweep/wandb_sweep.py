@@ -37,17 +37,18 @@ def wandb_parameter(p: Param, grid: bool = False) -> dict[str, Any]:
                 "drop null from the choices for sweep.backend=wandb."
             )
         return {"values": values}
+    low, high = p.bounds
     if p.kind == "int":
         if p.log:
-            return {"distribution": "q_log_uniform_values", "min": int(p.low), "max": int(p.high), "q": 1}
-        if p.step not in (None, 1):
-            return {"distribution": "q_uniform", "min": int(p.low), "max": int(p.high), "q": int(p.step)}
-        return {"distribution": "int_uniform", "min": int(p.low), "max": int(p.high)}
+            return {"distribution": "q_log_uniform_values", "min": int(low), "max": int(high), "q": 1}
+        if p.step is not None and p.step != 1:
+            return {"distribution": "q_uniform", "min": int(low), "max": int(high), "q": int(p.step)}
+        return {"distribution": "int_uniform", "min": int(low), "max": int(high)}
     if p.log:
-        return {"distribution": "log_uniform_values", "min": float(p.low), "max": float(p.high)}
+        return {"distribution": "log_uniform_values", "min": float(low), "max": float(high)}
     if p.step is not None:
-        return {"distribution": "q_uniform", "min": float(p.low), "max": float(p.high), "q": float(p.step)}
-    return {"distribution": "uniform", "min": float(p.low), "max": float(p.high)}
+        return {"distribution": "q_uniform", "min": float(low), "max": float(high), "q": float(p.step)}
+    return {"distribution": "uniform", "min": float(low), "max": float(high)}
 
 
 def _method(spec: SweepSpec) -> str:
