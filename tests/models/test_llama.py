@@ -206,3 +206,20 @@ def test_bad_configs_name_the_key_and_the_accepted_values(name):
         Llama(**{"vocab_size": V, "max_seq_len": 16, "n_layer": 1, "n_head": 4, "d_model": 32, **kw})
     for fragment in fragments:
         assert fragment in str(e.value), (fragment, str(e.value))
+
+
+@pytest.mark.parametrize("variant", ["rope", "alibi"])
+def test_activation_checkpointing_keeps_loss_and_gradients(variant):
+    from lmforge.parallel.wrap import checkpoint_blocks, transformer_blocks
+
+    plain, checkpointed = tiny_llama(**VARIANTS[variant]).train(), tiny_llama(**VARIANTS[variant]).train()
+    checkpoint_blocks(transformer_blocks(checkpointed))
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for net in (plain, checkpointed):
+        loss = net(ids).logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for (_, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
