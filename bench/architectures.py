@@ -1,7 +1,7 @@
 """GPT-2-style vs Llama-style decoders and each positional encoding, on the default Shakespeare budget.
 
     python bench/architectures.py                     # writes bench/results/architectures.json (about an hour on CPU)
-    python bench/architectures.py --max-steps 6 --out /tmp/architectures.json    # a quick check that it runs
+    python bench/architectures.py --max-steps 10 --out /tmp/architectures.json   # a quick check that it runs
 
 Every row is `python train.py` as a user runs it, with the defaults of `model=gpt` / `model=llama` (same tokenizer,
 same data, same seed, same optimizer and schedule, same token budget: trainer.max_steps x data.batch_size x
