@@ -381,3 +381,23 @@ def test_a_folder_of_an_architecture_without_a_family_names_the_supported_ones(t
     mistral.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"model_type='mistral'.*'gpt2', 'llama'"):
         load_hf_folder(tmp_path)
+
+
+def test_llama_cached_greedy_decoding_matches_hf_generate():
+    """RoPE at every KV-cache offset, GQA's shared kv heads: the same continuation as transformers' own cache."""
+    from lmforge import generation
+
+    net = perturb(NETS["llama"]())
+    hf = to_hf(net)
+    prompt = torch.randint(1, V, (2, 4))
+    ours = generation.sample(net, prompt, max_new_tokens=10, temperature=0.0)
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=10,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert torch.equal(ours, ref)

@@ -17,6 +17,7 @@ HF_ARCHITECTURE = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
 
 class LlamaAdapter(HFAdapter):
     hf_class = "LlamaForCausalLM"
+    pad_token_from_tokenizer = True  # as GPT: the net's config has no pad id of its own
 
     def key_pairs(self, net: Llama) -> Pairs:
         pairs = [
