@@ -124,3 +124,23 @@ def test_diverging_loss_stops_within_log_every_n_steps_and_keeps_checkpoints(tex
     # the gradient norm is computed only in logging steps, and logged in every one of them
     loss_steps = {r["step"] for r in rows if r.get("train/loss")}
     assert loss_steps and loss_steps == {r["step"] for r in rows if r.get("grad_norm")}
+
+
+LLAMA_TINY = ["model=llama_tiny", *[a for a in TINY if not a.startswith("model=")]]
+LLAMA_CASES = {
+    "kv heads": (["model.net.n_kv_head=3"], ["model.net.n_head=4", "model.net.n_kv_head=3", "1, 2, 4"]),
+    "heads": (["model.net.d_model=30"], ["model.net.d_model=30", "model.net.n_head=4"]),
+    "odd rope head": (["model.net.d_model=36"], ["model.net.position=rope", "9", "odd"]),
+    "unknown position": (["model.net.position=rotary"], ["model.net.position='rotary'", "rope, alibi, none"]),
+}
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CASES))
+def test_llama_shape_mistakes_fail_fast_and_clearly(name, text_corpus):
+    overrides, expected = LLAMA_CASES[name]
+    proc = run_train([*LLAMA_TINY, "data=text", f"data.path={text_corpus}", "logger=csv", *overrides])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in expected:
+        assert fragment in proc.stderr, f"{fragment!r} not in: {proc.stderr[-800:]}"
+    assert "Epoch" not in proc.stdout, "training started despite the bad input"

@@ -1,4 +1,4 @@
-"""End to end for BERT and T5 (and export for all three families): `python train.py model=bert_tiny|t5_tiny`,
+"""End to end for BERT and T5 (and export for every family, Llama included): `python train.py model=bert_tiny|t5_tiny`,
 `python -m lmforge.export <ckpt> <dir>` to a folder `transformers` loads with the same logits, and
 `model.init_from=<that folder>` to start a run from it."""
 
@@ -21,6 +21,7 @@ FAMILIES = {
     "gpt_tiny": ("clm", "AutoModelForCausalLM"),
     "bert_tiny": ("mlm", "AutoModelForMaskedLM"),
     "t5_tiny": ("seq2seq", "AutoModelForSeq2SeqLM"),
+    "llama_tiny": ("clm", "AutoModelForCausalLM"),
 }
 
 
@@ -97,6 +98,7 @@ def test_exported_folder_loads_in_transformers_with_the_same_logits(runs, export
     ids = tok(text)["input_ids"]
     expected = {
         "gpt_tiny": plain,
+        "llama_tiny": plain,
         "bert_tiny": [ours.token_to_id("[CLS]"), *plain, ours.token_to_id("[SEP]")],
         "t5_tiny": [*plain, ours.token_to_id("</s>")],
     }[model]
@@ -118,18 +120,19 @@ def test_export_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_init_from_an_exported_folder_starts_from_its_weights(runs, exported, text_corpus):
-    first = json.loads((runs["bert_tiny"] / "summary.json").read_text())
+@pytest.mark.parametrize("model", ["bert_tiny", "llama_tiny"])
+def test_init_from_an_exported_folder_starts_from_its_weights(runs, exported, text_corpus, model):
+    first = json.loads((runs[model] / "summary.json").read_text())
     proc = run_train(
         [
-            *tiny("bert_tiny"),
+            *tiny(model),
             "data=text",
             f"data.path={text_corpus}",
             "trainer.max_steps=1",
             "model.optimizer.lr=1e-9",
             "model.net.n_layer=5",
             "logger=csv",
-            f"model.init_from={exported['bert_tiny']}",
+            f"model.init_from={exported[model]}",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -158,6 +161,8 @@ def test_init_from_refuses_another_family_and_another_tokenizer(runs, exported, 
     data = ["data=text", f"data.path={text_corpus}"]
     with pytest.raises(ConfigError, match="holds a BERT checkpoint.*use model=bert"):
         load_init_net(compose(["model=gpt_tiny", *data, f"model.init_from={exported['bert_tiny']}"]))
+    with pytest.raises(ConfigError, match="holds a Llama checkpoint.*use model=llama"):
+        load_init_net(compose(["model=gpt_tiny", *data, f"model.init_from={exported['llama_tiny']}"]))
     with pytest.raises(ConfigError, match="different vocabulary"):
         load_init_net(
             compose(

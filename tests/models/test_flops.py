@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lmforge.flops import forward_flops, training_flops
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.models.t5 import T5, shift_right
 
 VOCAB = 128
@@ -26,6 +27,12 @@ def counted(fn, backward: bool) -> int:
 
 def gpt_case():
     net = GPT(vocab_size=VOCAB, max_seq_len=64, n_layer=2, n_head=4, d_model=64)
+    ids = torch.randint(0, VOCAB, (3, 40))
+    return net, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, lambda: net(ids)
+
+
+def llama_case(**kw):
+    net = Llama(vocab_size=VOCAB, max_seq_len=64, n_layer=2, n_head=4, d_model=64, d_ff=96, **kw)
     ids = torch.randint(0, VOCAB, (3, 40))
     return net, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, lambda: net(ids)
 
@@ -60,6 +67,10 @@ def t5_case(feed_forward: str, tie: bool, n_decoder_layer: int | None):
 
 CASES = {
     "gpt": gpt_case,
+    # GQA's narrower k/v projections, SwiGLU's three matrices; RoPE and ALiBi add no matmul
+    "llama-gqa-swiglu-rope": lambda: llama_case(n_kv_head=2),
+    "llama-mqa-gelu-alibi": lambda: llama_case(n_kv_head=1, mlp="gelu", position="alibi", tie_word_embeddings=True),
+    "llama-mha-learned": lambda: llama_case(n_kv_head=4, position="learned", norm="layernorm"),
     "bert": bert_case,
     "t5-v1.0": lambda: t5_case("relu", True, None),
     "t5-v1.1-deeper-decoder": lambda: t5_case("gated-gelu", False, 3),
@@ -95,3 +106,11 @@ def test_flops_follow_the_batch_shape_and_survive_compile_wrapping():
 
 def test_unknown_family_gives_none():
     assert training_flops(torch.nn.Linear(4, 4), {"input_ids": torch.zeros(2, 3)}) is None
+
+
+@pytest.mark.parametrize("family", [f for f in sorted(CASES) if f.startswith("llama")])
+def test_llama_forward_count_is_exact(family):
+    """Exact, not within 5%: a k/v projection counted at full width under GQA would be a 2-6% error."""
+    torch.manual_seed(0)
+    net, batch, fn = CASES[family]()
+    assert forward_flops(net, batch) == counted(fn, backward=False)

@@ -1,6 +1,6 @@
 """lmforge <-> Hugging Face: same logits on the same weights, both directions, for GPT-2,
-BERT and T5 (v1.0 and v1.1), and saved folders that `transformers` loads. Random init from
-configs only; nothing is downloaded."""
+BERT, T5 (v1.0 and v1.1) and Llama (GQA, MQA, tied and untied), and saved folders that `transformers` loads.
+Random init from configs only; nothing is downloaded."""
 
 import os
 import sys
@@ -18,6 +18,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from lmforge.models.bert import BERT  # noqa: E402
 from lmforge.models.gpt import GPT  # noqa: E402
 from lmforge.models.hf import from_hf, hf_tokenizer, load_hf_folder, save_hf_folder, to_hf  # noqa: E402
+from lmforge.models.llama import Llama  # noqa: E402
 from lmforge.models.t5 import T5, relative_position_bucket  # noqa: E402
 
 V, TOL = 40, 1e-4
@@ -25,6 +26,18 @@ NETS = {
     "gpt": lambda: GPT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16),
     "gpt-nobias": lambda: GPT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16, bias=False, mlp_ratio=2),
     "bert": lambda: BERT(vocab_size=V, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=24),
+    "llama": lambda: Llama(vocab_size=V, max_seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=16, d_ff=24),
+    "llama-mqa-tied": lambda: Llama(
+        vocab_size=V,
+        max_seq_len=16,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=1,
+        d_model=32,
+        d_ff=40,
+        rope_theta=500.0,
+        tie_word_embeddings=True,
+    ),
     "t5-v1.0": lambda: T5(
         vocab_size=V,
         d_model=16,
@@ -53,6 +66,31 @@ NETS = {
 HF_MODELS = {
     "gpt": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2, n_inner=48)
+    ),
+    "llama": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+            tie_word_embeddings=False,
+        )
+    ),
+    "llama-mha-tied": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=V,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            tie_word_embeddings=True,
+        )
     ),
     "bert": lambda: transformers.BertForMaskedLM(
         transformers.BertConfig(
@@ -85,7 +123,12 @@ HF_MODELS = {
         )
     ),
 }
-AUTO = {"gpt": "AutoModelForCausalLM", "bert": "AutoModelForMaskedLM", "t5": "AutoModelForSeq2SeqLM"}
+AUTO = {
+    "gpt": "AutoModelForCausalLM",
+    "llama": "AutoModelForCausalLM",
+    "bert": "AutoModelForMaskedLM",
+    "t5": "AutoModelForSeq2SeqLM",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +162,7 @@ def logits_both(net, hf):
     """(lmforge logits, HF logits) on the same batch, padding and all."""
     x, mask, y, dmask, tt = batch()
     with torch.no_grad():
-        if isinstance(net, GPT):
+        if isinstance(net, GPT | Llama):
             return net(x), hf(x).logits
         if isinstance(net, BERT):
             return net(x, mask, tt), hf(x, attention_mask=mask, token_type_ids=tt).logits
@@ -145,7 +188,9 @@ def test_lmforge_to_hf_parity(family):
         next(
             p
             for n, p in hf.named_parameters()
-            if n.endswith("layer_norm.weight") or n.endswith("ln_2.weight") or n.endswith("output.LayerNorm.weight")
+            if n.endswith(
+                ("layer_norm.weight", "ln_2.weight", "output.LayerNorm.weight", "post_attention_layernorm.weight")
+            )
         ).mul_(1.5)
     assert max_diff(net, hf) > 100 * TOL
 
@@ -162,6 +207,9 @@ def test_hf_to_lmforge_parity(family):
     assert max_diff(net, hf) <= TOL
     if family.startswith("t5"):
         assert net.config.tie_word_embeddings == (family == "t5-v1.0")
+    if family.startswith("llama"):
+        assert net.config.tie_word_embeddings == family.endswith("tied")
+        assert net.config.n_kv_head == hf.config.num_key_value_heads
 
 
 @pytest.mark.parametrize("family", list(NETS))
@@ -224,17 +272,19 @@ def make_tokenizer(path, specials):
 
 SPECIALS = {
     "gpt": ["<|endoftext|>", "<unk>"],
+    "llama": ["<|endoftext|>", "<unk>"],
     "bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
     "t5": ["<pad>", "<unk>", "</s>"] + [f"<extra_id_{i}>" for i in range(3)],
 }
 EXPECTED = {
     "gpt": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<unk>"},
+    "llama": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<unk>"},
     "bert": {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
     "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
 }
 
 
-@pytest.mark.parametrize("family", ["gpt", "bert", "t5-v1.0", "t5-v1.1"])
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5-v1.0", "t5-v1.1", "llama", "llama-mqa-tied"])
 def test_saved_folder_loads_in_transformers(family, tmp_path):
     kind = family.split("-")[0]
     net = perturb(NETS[family]())
@@ -252,7 +302,7 @@ def test_saved_folder_loads_in_transformers(family, tmp_path):
     assert tok.model_max_length == net.max_seq_len
     ids = tok("to be or not")["input_ids"]
     assert tok.unk_token_id not in ids and max(ids) < V
-    if kind == "gpt":
+    if kind in ("gpt", "llama"):
         assert hf.config.eos_token_id == tok.eos_token_id == 0
 
     back = load_hf_folder(out).eval()
@@ -289,7 +339,7 @@ def test_unsupported_checkpoints_are_refused(tmp_path):
         from_hf(bert)
     with pytest.raises(TypeError, match="BertForMaskedLM"):
         from_hf(transformers.BertModel(bert.config))
-    with pytest.raises(TypeError, match="GPT, BERT or T5"):
+    with pytest.raises(TypeError, match="GPT, BERT, T5 or Llama"):
         to_hf(nn.Linear(2, 2))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_hf_folder(tmp_path)
@@ -299,3 +349,55 @@ def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     with pytest.raises(ImportError, match=r'pip install -e "\.\[hf\]"'):
         to_hf(NETS["gpt"]())
+
+
+def test_llama_choices_hugging_face_cannot_hold_are_refused_on_export():
+    for choice in ("position=alibi", "norm=layernorm", "mlp=gelu", "position=learned"):
+        key, value = choice.split("=")
+        net = Llama(vocab_size=V, max_seq_len=16, n_layer=1, n_head=2, d_model=16, **{key: value})
+        with pytest.raises(ValueError, match=f"model.net.{key}={value}.*no Hugging Face export"):
+            to_hf(net)
+
+
+def test_hf_llama_settings_lmforge_lacks_are_refused():
+    base = dict(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2)
+    for extra, named in (
+        ({"attention_bias": True}, "attention_bias"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope_type='linear'"),
+        ({"head_dim": 4}, "head_dim=4"),
+    ):
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base, **extra))
+        with pytest.raises(ValueError, match=named):
+            from_hf(hf)
+
+
+def test_a_folder_of_an_architecture_without_a_family_names_the_supported_ones(tmp_path):
+    mistral = transformers.MistralForCausalLM(
+        transformers.MistralConfig(
+            vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    mistral.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type='mistral'.*'gpt2', 'llama'"):
+        load_hf_folder(tmp_path)
+
+
+def test_llama_cached_greedy_decoding_matches_hf_generate():
+    """RoPE at every KV-cache offset, GQA's shared kv heads: the same continuation as transformers' own cache."""
+    from lmforge import generation
+
+    net = perturb(NETS["llama"]())
+    hf = to_hf(net)
+    prompt = torch.randint(1, V, (2, 4))
+    ours = generation.sample(net, prompt, max_new_tokens=10, temperature=0.0)
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=10,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert torch.equal(ours, ref)

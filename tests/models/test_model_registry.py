@@ -19,20 +19,26 @@ from lmforge.flops import linear_flops, training_flops
 from lmforge.models import registry
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.models.t5 import T5
 from lmforge.param_count import describe_parameters
 from lmforge.protocols import Net
 
 
 def test_builtin_families_by_name_class_and_model_type():
-    assert {n: f.net_class for n, f in registry.FAMILIES.items()} == {"gpt": GPT, "bert": BERT, "t5": T5}
-    for name, model_type in (("gpt", "gpt2"), ("bert", "bert"), ("t5", "t5")):
+    assert {n: f.net_class for n, f in registry.FAMILIES.items()} == {
+        "gpt": GPT,
+        "bert": BERT,
+        "t5": T5,
+        "llama": Llama,
+    }
+    for name, model_type in (("gpt", "gpt2"), ("bert", "bert"), ("t5", "t5"), ("llama", "llama")):
         family = registry.FAMILIES[name]
         assert registry.family_of(family.net_class) is family
         assert registry.family_of_model_type(model_type) is family
         assert family.model_config == name  # model=gpt, model=bert, model=t5 (conf/model/)
-    assert registry.family_of(nn.Linear(2, 2)) is None and registry.family_of_model_type("llama") is None
-    assert registry.hf_model_types() == ["bert", "gpt2", "t5"]
+    assert registry.family_of(nn.Linear(2, 2)) is None and registry.family_of_model_type("mistral") is None
+    assert registry.hf_model_types() == ["bert", "gpt2", "llama", "t5"]
 
 
 def test_lookup_sees_through_fsdps_generated_subclass():

@@ -7,10 +7,12 @@ import math
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.objectives.clm import CausalLM, PackedCausalBatches
 from lmforge.objectives.schedules import warmup_cosine
 
@@ -28,7 +30,15 @@ def markov_stream(n: int, seed: int) -> np.ndarray:
     return out
 
 
-def test_loss_falls_to_the_entropy_floor(tmp_path):
+NETS = {
+    "gpt": lambda seq: GPT(vocab_size=VOCAB, max_seq_len=seq, n_layer=1, n_head=2, d_model=32),
+    # RoPE, RMSNorm, SwiGLU and multi-query attention (2 query heads over 1 kv head)
+    "llama": lambda seq: Llama(vocab_size=VOCAB, max_seq_len=seq, n_layer=1, n_head=2, n_kv_head=1, d_model=32),
+}
+
+
+@pytest.mark.parametrize("family", list(NETS))
+def test_loss_falls_to_the_entropy_floor(tmp_path, family):
     floor = math.log(FANOUT)
     seq = 32
     blocks = list(markov_stream(seq * 2048, seed=0).reshape(-1, seq))
@@ -37,7 +47,7 @@ def test_loss_falls_to_the_entropy_floor(tmp_path):
     train = DataLoader(blocks, batch_size=32, shuffle=True, collate_fn=collate)
     val = DataLoader(val_blocks, batch_size=64, collate_fn=collate)
     torch.manual_seed(0)
-    net = GPT(vocab_size=VOCAB, max_seq_len=seq, n_layer=1, n_head=2, d_model=32)
+    net = NETS[family](seq)
     model = CausalLM(
         net=net,
         optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),

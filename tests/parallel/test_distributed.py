@@ -237,3 +237,26 @@ def test_submitit_launcher_runs_a_ddp_job(text_corpus, log_dir):
     (sweep,) = _run_folders(log_dir) - before
     s = json.loads((sweep / "0" / "summary.json").read_text())
     assert s["status"] == "completed" and s["steps"] == 3 and s["scale"]["world_size"] == 2
+
+
+def _llama(args: list[str]) -> list[str]:
+    return ["model=llama_tiny" if a.startswith("model=") else a for a in args]
+
+
+@pytest.fixture(scope="module")
+def single_llama(text_corpus, log_dir):
+    """llama_tiny (RoPE, RMSNorm, SwiGLU, 4 query heads over 2 kv heads, tied embeddings) in one process."""
+    return _run(_llama(_args(text_corpus, "data.batch_size=16", "logger=csv")), log_dir)[1]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_llama_two_processes_match_one_process(single_llama, text_corpus, log_dir, strategy):
+    _, s = _run(
+        _llama(_args(text_corpus, f"trainer={strategy}", *TWO_CPU_PROCESSES, "data.batch_size=8", "logger=csv")),
+        log_dir,
+    )
+    assert s["status"] == "completed" and s["steps"] == 10 and s["model"] == "llama_tiny"
+    assert s["scale"]["world_size"] == 2 and s["params"] == single_llama["params"]
+    if strategy == "fsdp":
+        assert s["scale"]["fsdp"]["meta_init"]
+    assert abs(s["metrics"]["val/loss"] - single_llama["metrics"]["val/loss"]) < TOLERANCE

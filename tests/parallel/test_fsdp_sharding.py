@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from lmforge import generation
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.models.t5 import T5
 from lmforge.parallel.fsdp import full_weights, fully_shard_net
 from lmforge.parallel.init import materialize
@@ -34,6 +35,11 @@ NETS = {  # vocab 101: odd on purpose, so the embedding rows do not split evenly
         dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=2, d_model=16, d_ff=32, dropout=0.0, pad_token_id=3),
     ),
     "t5": (T5, dict(vocab_size=101, d_model=16, d_kv=8, d_ff=32, n_layer=2, n_head=2, dropout=0.0)),
+    "llama": (
+        Llama,
+        dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=16, tie_word_embeddings=True),
+    ),
+    "llama-untied": (Llama, dict(vocab_size=101, max_seq_len=16, n_layer=2, n_head=2, n_kv_head=1, d_model=16)),
 }
 
 
@@ -54,7 +60,7 @@ def _decode(net: torch.nn.Module, ids: torch.Tensor, rank: int) -> torch.Tensor:
     differ per rank, so ranks make different numbers of forwards inside one gathering."""
     if isinstance(net, T5):
         return generation.beam_search(net, ids, max_new_tokens=2 + 3 * rank, num_beams=2)
-    if isinstance(net, GPT):
+    if isinstance(net, GPT | Llama):
         return generation.sample(net, ids[:, :4], 2 + 3 * rank, temperature=0.0)
     return generation.fill_mask(net, ids)
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.models.t5 import T5
 
 if TYPE_CHECKING:
@@ -75,3 +76,4 @@ def hf_model_types() -> list[str]:
 register(Family("gpt", GPT, adapter_in("lmforge.models.gpt_hf"), ("gpt2",), "gpt"))
 register(Family("bert", BERT, adapter_in("lmforge.models.bert_hf"), ("bert",), "bert"))
 register(Family("t5", T5, adapter_in("lmforge.models.t5_hf"), ("t5",), "t5"))
+register(Family("llama", Llama, adapter_in("lmforge.models.llama_hf"), ("llama",), "llama"))
