@@ -162,3 +162,12 @@ class NeedsTokenizer(Protocol):
     BLEU). lmforge.train hands both over explicitly, once, before training."""
 
     def bind_tokenizer(self, tokenizer: Any, special_ids: dict[str, int]) -> None: ...
+
+
+@runtime_checkable
+class MakesPairBatches(Protocol):
+    """A batch builder that can also collate supervised (source, target) pairs (data=pairs): seq2seq's. The pairs
+    data module asks it for a collator with its length limits and the source length of an average example
+    (`block_len`, for token budgets)."""
+
+    def pair_collator(self, max_source_len: int, max_target_len: int, block_len: int = 0) -> BatchBuilder: ...

@@ -8,7 +8,8 @@ Pairs are tokenized once into a cache entry (ids as flat memmaps plus offsets), 
 and validation (a separate `data.val_path`, or a seeded `data.val_fraction` of the pairs), and
 served in length buckets: training batches hold pairs of similar source length, shuffled, so dynamic
 padding wastes little. How a pair becomes an example (eos, truncation, padding, decoder inputs) is
-the objective's business: its batch builder provides `pair_collator(max_source_len, max_target_len)`.
+the objective's business: its batch builder provides `pair_collator(max_source_len, max_target_len,
+block_len)` (protocols.MakesPairBatches).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lmforge.data.locking import build_once
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
+from lmforge.protocols import MakesPairBatches
 
 FORMATS = ("jsonl", "tsv")
 
@@ -392,14 +394,14 @@ class PairsDataModule(L.LightningDataModule):
         return None
 
     def set_batch_builder(self, builder: Any) -> None:
-        if not hasattr(builder, "pair_collator"):
+        if not isinstance(builder, MakesPairBatches):
             raise ConfigError(
                 "data=pairs serves (source, target) pairs, which only the seq2seq objective trains "
                 "on: use model=t5 (or t5_tiny, t5_small)."
             )
-        self.collate = builder.pair_collator(self.seq_len, self.max_target_len)
         pairs, tokens = self._cache().meta["pairs"]["train"], self._cache().meta["source_tokens"]["train"]
-        self.collate.block_len = max(1, min(self.seq_len, round((tokens + pairs) / max(pairs, 1))))  # with eos
+        average = max(1, min(self.seq_len, round((tokens + pairs) / max(pairs, 1))))  # source tokens with eos
+        self.collate = builder.pair_collator(self.seq_len, self.max_target_len, average)
         self.batch_builder = self.collate  # the interface LMDataModule has (train.py reads block_len)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -62,7 +62,7 @@ class LMObjective(L.LightningModule):
         """model.net.* keys lmforge.train fills from the tokenizer's special ids (e.g. pad_token_id)."""
         return {}
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def sample_texts(self, tokenizer, **kwargs) -> list[str]:

@@ -111,7 +111,7 @@ class PairBatches:
     decoder_start_id: int
     max_source_len: int
     max_target_len: int
-    block_len: int = 0  # source tokens of an average example (token budgets); the pairs data module sets it
+    block_len: int = 0  # source tokens of an average example (token budgets), from the pairs data module
 
     def for_split(self, split: str) -> PairBatches:
         return self  # padding and truncation draw nothing
@@ -156,8 +156,10 @@ class SpanCorruptionBatches:
     def for_split(self, split: str) -> SpanCorruptionBatches:
         return self if split == "train" else replace(self, seed=VAL_SEED)
 
-    def pair_collator(self, max_source_len: int, max_target_len: int) -> PairBatches:
-        return PairBatches(self.pad_id, self.eos_id, self.decoder_start_id, max_source_len, max_target_len)
+    def pair_collator(self, max_source_len: int, max_target_len: int, block_len: int = 0) -> PairBatches:
+        return PairBatches(
+            self.pad_id, self.eos_id, self.decoder_start_id, max_source_len, max_target_len, block_len=block_len
+        )
 
     def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         stacked = np.stack(blocks).astype(np.int64)
