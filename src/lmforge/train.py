@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lmforge.budget import check_budget_config, describe, plan_budget
 from lmforge.callbacks.preemption import EXIT_CODES, Preemption
 from lmforge.checkpoint_io import AtomicCheckpointIO
+from lmforge.checkpoints import check_resume_checkpoint
 from lmforge.config_tree import print_config_tree
 from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
@@ -235,6 +236,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)
     check_budget_config(cfg)
+    if cfg.get("ckpt_path"):  # a wrong checkpoint is one message now, not a traceback after the data is built
+        check_resume_checkpoint(cfg.ckpt_path, objective_class(cfg).name, resolved(cfg.model.net))
     scale_options = ScaleOptions.from_config(cfg)
     init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
     L.seed_everything(cfg.seed, workers=True)

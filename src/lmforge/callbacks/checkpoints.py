@@ -43,14 +43,16 @@ def step_of(path: Path) -> int | None:
 class RunCheckpoints(ModelCheckpoint):
     def __init__(
         self,
-        *args: Any,
+        dirpath: str | Path | None = None,
+        filename: str | None = None,
+        *,
         every_n_steps: int | None = None,
         keep_last: int = 1,
         save_last: bool = True,
         **kwargs: Any,
     ):
         # Lightning's own last.ckpt (saved with each top-k checkpoint) is replaced by the clock below.
-        super().__init__(*args, save_last=False, **kwargs)
+        super().__init__(dirpath=dirpath, filename=filename, save_last=False, **kwargs)
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"callbacks.model_checkpoint.every_n_steps={every_n_steps}: a positive step count or null")
         if keep_last < 0:
