@@ -32,7 +32,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         ckpt = _load_file(path, what)
     if "lmforge" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(
-            f"{what} {str(path)!r} was not written by lmforge (no 'lmforge' section); "
+            f"{_named(what, path)} was not written by lmforge (no 'lmforge' section); "
             "export checkpoints from <run dir>/checkpoints/."
         )
     return ckpt
@@ -72,11 +72,11 @@ def check_resume_checkpoint(path: str | Path, objective: str, net: Mapping[str, 
 
 def _load_file(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
     if not path.exists():
-        raise ConfigError(f"{what} {str(path)!r}: no such file. {GIVE}")
+        raise ConfigError(f"{_named(what, path)}: no such file. {GIVE}")
     if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} is not a file. {GIVE}")
+        raise ConfigError(f"{_named(what, path)} is not a file. {GIVE}")
     if path.stat().st_size == 0:
-        raise ConfigError(f"{what} {str(path)!r} is empty (0 bytes): its save was cut short. {GIVE}")
+        raise ConfigError(f"{_named(what, path)} is empty (0 bytes): its save was cut short. {GIVE}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, a pickle of other objects: torch's many ways to say so
@@ -84,17 +84,22 @@ def _load_file(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it holds Python objects beyond tensors and plain data, which lmforge does not load"
         raise ConfigError(
-            f"{what} {str(path)!r} is not a readable checkpoint (truncated or corrupt? {reason[:200]}). {GIVE}"
+            f"{_named(what, path)} is not a readable checkpoint (truncated or corrupt? {reason[:200]}). {GIVE}"
         ) from None
     if not isinstance(ckpt, dict):
-        raise ConfigError(f"{what} {str(path)!r} holds a {type(ckpt).__name__}, not a checkpoint. {GIVE}")
+        raise ConfigError(f"{_named(what, path)} holds a {type(ckpt).__name__}, not a checkpoint. {GIVE}")
     return ckpt
+
+
+def _named(what: str, path: Path) -> str:
+    """`ckpt_path='x'` for the config key, `checkpoint 'x'` for a command-line argument."""
+    return f"{what}={str(path)!r}" if what == "ckpt_path" else f"{what} {str(path)!r}"
 
 
 def _check_sharded_folder(path: Path, what: str) -> None:
     if not (path / ".metadata").is_file():
         raise ConfigError(
-            f"{what} {str(path)!r} is a folder but not a checkpoint (a sharded checkpoint folder, which "
+            f"{_named(what, path)} is a folder but not a checkpoint (a sharded checkpoint folder, which "
             f"trainer=fsdp writes, has a .metadata file). {GIVE}"
         )
 
