@@ -8,6 +8,7 @@ ModelCheckpoint: monitor, mode, save_top_k, filename as before), and the latest 
   every_n_steps  every N optimizer steps, `step-<N>.ckpt` is written and `last.ckpt` made to be it
   keep_last      how many `step-*.ckpt` are kept, oldest removed first (0: none, only last.ckpt)
   end of fit     last.ckpt at the final step, whether or not val/loss improved
+  a new best     last.ckpt becomes best.ckpt too (never older than it)
   on request     `save_latest` (the preemption callback calls it when a signal arrives)
 
 A single-file last.ckpt is a hard link to the newest step file (no second write), replaced by renaming; a sharded
@@ -78,6 +79,22 @@ class RunCheckpoints(ModelCheckpoint):
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.save_latest(trainer)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A new best checkpoint is also the newest state: last.ckpt becomes it (a link, not a second write), so
+        last.ckpt is never older than best.ckpt, also before the clock's first tick."""
+        super().on_validation_end(trainer, pl_module)
+        if not self.keeps_latest or self.latest_step == trainer.global_step:
+            return
+        if self._last_global_step_saved != trainer.global_step or not self.best_model_path:
+            return
+        if _sharded(trainer):  # a folder DCP rewrites in place: publish a copy of its own
+            self.save_latest(trainer)
+            return
+        if trainer.is_global_zero:
+            _publish(Path(self.best_model_path), self.folder / LAST, link_folder=False)
+        trainer.strategy.barrier()
+        self.latest_step = trainer.global_step
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self.save_latest(trainer)
@@ -90,7 +107,7 @@ class RunCheckpoints(ModelCheckpoint):
         last = self.folder / LAST
         if self.latest_step == trainer.global_step:
             return last
-        sharded = bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
+        sharded = _sharded(trainer)
         if self.keep_last == 0 and not sharded:
             trainer.save_checkpoint(last)  # atomic through the CheckpointIO plugin (lmforge/checkpoint_io.py)
         else:
@@ -110,6 +127,11 @@ class RunCheckpoints(ModelCheckpoint):
         for old in steps[: max(len(steps) - keep, 0)]:
             if old != current and old.resolve() != resumed_from:
                 shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def _sharded(trainer: L.Trainer) -> bool:
+    """Whether the strategy writes a checkpoint as a folder of shards (FSDP's distributed checkpoint)."""
+    return bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
 
 
 def _publish(source: Path, last: Path, link_folder: bool) -> None:
