@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import warnings
@@ -24,9 +25,13 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.budget import check_budget_config, describe, plan_budget
+from lmforge.callbacks.preemption import EXIT_CODES, Preemption
+from lmforge.checkpoint_io import AtomicCheckpointIO
+from lmforge.checkpoints import check_resume_checkpoint
 from lmforge.config_tree import print_config_tree
 from lmforge.console import say
 from lmforge.data.tokenizer import copy_tokenizer
@@ -99,15 +104,21 @@ def build_trainer(
     Trainer is built with the final accumulation and max_steps (and config.yaml shows them)."""
     world_size = planned_world_size(cfg.trainer)
     batch_facts = plan_budget(cfg, world_size, block_len)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    # Signals stop the run with a checkpoint whatever the callbacks config says (lmforge/callbacks/preemption.py).
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), Preemption()]
     loggers = _instantiate_group(cfg.get("logger"))
     # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
     # otherwise add its own ModelCheckpoint under the logger's folder.
     checkpointing = cfg.trainer.get(
         "enable_checkpointing", any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     )
+    # Checkpoint files are replaced atomically (lmforge/checkpoint_io.py); sharded folders are written by DCP.
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=checkpointing,
+        plugins=[AtomicCheckpointIO()],
     )
     if trainer.world_size != world_size:  # the budget would be wrong: say so rather than train on it
         raise RuntimeError(f"the Trainer has {trainer.world_size} processes, the budget was planned for {world_size}")
@@ -169,6 +180,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)  # at the end of fit, before the final validation
     error: str | None = None
     exception: BaseException | None = None
+    exit_code: int = 0  # non-zero when a signal stopped the run: the process exits with it once all is written
 
 
 def fit(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any], model: LMObjective, data: RunData) -> Outcome:
@@ -183,6 +195,11 @@ def fit(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any], model: LMObje
         if not trainer.interrupted and not stopped_as:  # a final validation at the last step
             trainer.validate(model, datamodule=datamodule, verbose=False)
         outcome.status = "interrupted" if trainer.interrupted else stopped_as or "completed"
+        preemption = next(cb for cb in callbacks if isinstance(cb, Preemption))
+        if preemption.final_status is not None:
+            outcome.exit_code = preemption.exit_code
+    except SIGTERMException:  # Lightning's SIGTERM handling outside training (e.g. the final validation)
+        outcome.status, outcome.exit_code = "interrupted", EXIT_CODES[signal.SIGTERM]
     except SystemExit as e:  # Lightning turns Ctrl-C into SystemExit after a graceful shutdown
         outcome.status, outcome.exception = "interrupted", e
     except BaseException as e:
@@ -219,6 +236,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)
     check_budget_config(cfg)
+    if cfg.get("ckpt_path"):  # a wrong checkpoint is one message now, not a traceback after the data is built
+        check_resume_checkpoint(cfg.ckpt_path, objective_class(cfg).name, resolved(cfg.model.net))
     scale_options = ScaleOptions.from_config(cfg)
     init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
     L.seed_everything(cfg.seed, workers=True)
@@ -253,6 +272,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if outcome.exception is not None:  # what ended fit, not a later error about the summary
             raise outcome.exception
+    if outcome.exit_code:  # stopped by a signal: schedulers must not see a success (143 for SIGTERM, ...)
+        raise SystemExit(outcome.exit_code)
     return summary
 
 
