@@ -65,6 +65,15 @@ class BatchBuilder(Protocol):
 
 
 @runtime_checkable
+class SeparatesDocuments(Protocol):
+    """A batch builder that can keep the documents packed into a block apart (`data.document_mask=true`): no token
+    attends across an eos and positions restart per document. The data module asks for it explicitly; a builder
+    without this method (an encoder's) cannot, and the run stops before compute."""
+
+    def with_document_mask(self) -> BatchBuilder: ...
+
+
+@runtime_checkable
 class SummarySection(Protocol):
     """A callback that owns a section of summary.json (`summary_key`); an empty dict writes nothing."""
 
