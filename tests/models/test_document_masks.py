@@ -34,7 +34,9 @@ def gpt() -> GPT:
 
 def llama(position: str) -> Llama:
     torch.manual_seed(0)
-    return perturbed(Llama(vocab_size=V, max_seq_len=48, n_layer=2, n_head=4, n_kv_head=2, d_model=32, position=position))
+    return perturbed(
+        Llama(vocab_size=V, max_seq_len=48, n_layer=2, n_head=4, n_kv_head=2, d_model=32, position=position)
+    )
 
 
 NETS = {"gpt": gpt, **{f"llama-{p}": (lambda p=p: llama(p)) for p in POSITIONS}}
@@ -111,7 +113,10 @@ def test_an_explicit_causal_mask_and_index_positions_equal_the_default_path(name
     net = NETS[name]()
     ids = torch.from_numpy(np.stack([block(0), block(1)])).long()
     one_document = torch.zeros_like(ids)
-    kwargs = {"attn_mask": decoder_mask(T, ids.device, doc_ids=one_document), "position_ids": torch.arange(T).expand(2, T)}
+    kwargs = {
+        "attn_mask": decoder_mask(T, ids.device, doc_ids=one_document),
+        "position_ids": torch.arange(T).expand(2, T),
+    }
     torch.testing.assert_close(net(ids, **kwargs), net(ids), atol=1e-5, rtol=1e-5)
 
 

@@ -49,8 +49,6 @@ def rows(n: int, seed: int = 0) -> list[np.ndarray]:
     return list(np.random.default_rng(seed).integers(1, V, (n, T)))
 
 
-
-
 def prefix_logits(net, ids: torch.Tensor, prefix: int) -> torch.Tensor:
     return net(ids, attn_mask=decoder_mask(ids.size(1), ids.device, prefix_len=torch.full((ids.size(0),), prefix)))
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from lmforge import generation
-from lmforge.objectives.base import LMObjective
 from lmforge.models import masks
+from lmforge.objectives.base import LMObjective
 from lmforge.objectives.losses import IGNORE_INDEX, token_cross_entropy
 
 
