@@ -1,6 +1,7 @@
 """Decoding, on nets (the plain nn.Modules of lmforge.models), batched, with the KV cache:
 
   sample       continue token ids with a decoder-only net: temperature, top-k, top-p (temperature 0: greedy)
+  sample_after_prefix  the same for a prefix LM: the prompt read bidirectionally, the continuation causal
   greedy       target ids from an encoder-decoder net, the most likely token at each step
   beam_search  the same with `num_beams` hypotheses per row, as Hugging Face's `generate(early_stopping=True)`
   fill_mask    an encoder's most likely token at every position
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.models.masks import decoder_mask
 from lmforge.parallel.fsdp import full_weights
 from lmforge.protocols import CausalNet, EncoderDecoderNet
 
@@ -77,6 +79,42 @@ def sample(
             step_input = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
             out = torch.cat([out, step_input], dim=1)
     return out.clone()  # cloned outside inference mode: an ordinary tensor, usable anywhere (e.g. in autograd)
+
+
+def sample_after_prefix(
+    net: nn.Module,
+    prefix_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """As `sample`, for a prefix LM (lmforge.objectives.prefix_lm): `prefix_ids` (batch, time >= 1) are read as the
+    prefix, every prompt token seeing every other, and continued causally. With the cache, the first call encodes the
+    prompt under its bidirectional mask and keeps its keys and values; each new token then attends to all of them
+    and to the tokens before it, which is the prefix-LM mask's row for it (so the cached and the recomputed
+    continuations agree)."""
+    if not isinstance(net, CausalNet):
+        raise TypeError(f"sample_after_prefix needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
+    if prefix_ids.size(1) < 1:
+        raise ValueError("sample_after_prefix needs a prefix of at least one token")
+    check_top_p(top_p)
+    b, n_prefix = prefix_ids.shape
+    prefix_len = torch.full((b,), n_prefix, device=prefix_ids.device)
+    max_new_tokens = min(max_new_tokens, net.max_seq_len - n_prefix)
+    with decoding(net):
+        out, cache, step_input = prefix_ids, None, prefix_ids
+        for _ in range(max(0, max_new_tokens)):
+            if use_cache:
+                mask = decoder_mask(n_prefix, out.device, prefix_len=prefix_len) if cache is None else None
+                logits, cache = net(step_input, past_key_values=cache, use_cache=True, attn_mask=mask)
+            else:
+                logits = net(out, attn_mask=decoder_mask(out.size(1), out.device, prefix_len=prefix_len))
+            step_input = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
+            out = torch.cat([out, step_input], dim=1)
+    return out.clone()
 
 
 def check_top_p(top_p: float | None) -> None:

@@ -65,6 +65,15 @@ class BatchBuilder(Protocol):
 
 
 @runtime_checkable
+class SeparatesDocuments(Protocol):
+    """A batch builder that can keep the documents packed into a block apart (`data.document_mask=true`): no token
+    attends across an eos and positions restart per document. The data module asks for it explicitly; a builder
+    without this method (an encoder's) cannot, and the run stops before compute."""
+
+    def with_document_mask(self) -> BatchBuilder: ...
+
+
+@runtime_checkable
 class SummarySection(Protocol):
     """A callback that owns a section of summary.json (`summary_key`); an empty dict writes nothing."""
 
@@ -120,12 +129,20 @@ class RunData(Protocol):
 @runtime_checkable
 class CausalNet(Protocol):
     """A decoder-only net as lmforge.generation.sample drives it: called with token ids, logits (batch, time,
-    vocab) back; with `use_cache`, also the KV cache to pass back as `past_key_values` with only the new tokens."""
+    vocab) back; with `use_cache`, also the KV cache to pass back as `past_key_values` with only the new tokens.
+    `attn_mask` (batch, 1, time, time), a boolean "may attend" replacing the causal mask for a call without a
+    cache (lmforge.models.masks: a prefix LM's prompt)."""
 
     @property
     def max_seq_len(self) -> int: ...
 
-    def __call__(self, input_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any: ...
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        attn_mask: torch.Tensor | None = None,
+    ) -> Any: ...
 
 
 @runtime_checkable

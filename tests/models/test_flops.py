@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -11,7 +12,10 @@ from lmforge.flops import forward_flops, training_flops
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
 from lmforge.models.llama import Llama
+from lmforge.models.masks import decoder_inputs
 from lmforge.models.t5 import T5, shift_right
+from lmforge.objectives.clm import PackedCausalBatches
+from lmforge.objectives.prefix_lm import PrefixBatches
 
 VOCAB = 128
 
@@ -114,3 +118,31 @@ def test_llama_forward_count_is_exact(family):
     torch.manual_seed(0)
     net, batch, fn = CASES[family]()
     assert forward_flops(net, batch) == counted(fn, backward=False)
+
+
+def masked_case(net_case, builder_kind: str):
+    """A decoder on a batch with document masks (and a prefix): the same matmuls as the causal forward."""
+    net, _, _ = net_case()
+    blocks = list(np.random.default_rng(0).integers(0, VOCAB, (3, 40)))
+    for row in blocks:
+        row[[5, 17]] = 0  # eos: three documents per block
+    builder = PackedCausalBatches(40, eos_id=0) if builder_kind == "documents" else PrefixBatches(40, eos_id=0)
+    batch = builder.with_document_mask()(blocks, np.random.default_rng(0))
+    return net, batch, lambda: net(batch["input_ids"], **decoder_inputs(batch))
+
+
+MASKED = {
+    "gpt-documents": lambda: masked_case(gpt_case, "documents"),
+    "llama-documents": lambda: masked_case(lambda: llama_case(n_kv_head=2), "documents"),
+    "llama-alibi-prefix-documents": lambda: masked_case(lambda: llama_case(n_kv_head=1, position="alibi"), "prefix"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASKED))
+def test_masks_change_no_matmul_count(case):
+    """SDPA computes the full score matrix under any mask: document and prefix masks save no FLOPs and add none."""
+    torch.manual_seed(0)
+    net, batch, fn = MASKED[case]()
+    assert forward_flops(net, batch) == pytest.approx(counted(fn, backward=False), rel=0.05)
+    assert training_flops(net, batch) == pytest.approx(counted(fn, backward=True), rel=0.05)
+    assert forward_flops(net, batch) == forward_flops(net, {"input_ids": batch["input_ids"]})

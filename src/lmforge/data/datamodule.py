@@ -20,7 +20,7 @@ from lmforge.data.loading import BatchCollator, ResumableDataLoader, ResumableSa
 from lmforge.data.token_cache import DEFAULT_SHARD_TOKENS, TokenCache, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, sample_texts, special_token_ids
 from lmforge.errors import ConfigError, DataError
-from lmforge.protocols import BatchBuilder
+from lmforge.protocols import BatchBuilder, SeparatesDocuments
 
 __all__ = ["BatchBuilder", "LMDataModule", "TokenBlocks", "data_facts"]
 
@@ -56,6 +56,7 @@ class LMDataModule(L.LightningDataModule):
         shard_tokens: int = DEFAULT_SHARD_TOKENS,
         path: str | None = None,  # the corpus location (data.path); read by `corpus` (see conf/data)
         text_field: str | None = None,  # the text field of JSONL / HF corpora; read by `corpus`
+        document_mask: bool = False,  # keep packed documents apart: handed to the batch builder (set_batch_builder)
     ):
         super().__init__()
         if seq_len < 2:
@@ -70,6 +71,7 @@ class LMDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.token_dtype, self.shard_tokens = token_dtype, shard_tokens
+        self.document_mask = document_mask
         self.tokenizer: Any = None  # a tokenizers.Tokenizer, once build() ran
         self.tokenizer_path: Path | None = None
         self.cache: TokenCache | None = None
@@ -120,6 +122,15 @@ class LMDataModule(L.LightningDataModule):
         return self.batch_builder  # every batch is built from blocks of the token stream
 
     def set_batch_builder(self, builder: BatchBuilder) -> None:
+        if self.document_mask:
+            if not isinstance(builder, SeparatesDocuments):
+                raise ConfigError(
+                    f"data.document_mask=true keeps packed documents apart in a decoder's causal attention, but this "
+                    f"objective's batches ({type(builder).__name__}) cannot: encoders (model=bert, model=t5) attend "
+                    "both ways over their examples. Use a decoder objective (model=gpt, model=llama, "
+                    "model=gpt_prefix, model=llama_prefix) or set data.document_mask=false."
+                )
+            builder = builder.with_document_mask()
         self.batch_builder = builder
         for split in ("train", "val"):
             n = self._cache().meta["tokens"][split]

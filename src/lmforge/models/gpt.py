@@ -16,6 +16,7 @@ from torch import nn
 
 from lmforge.flops import attention_flops, linear_flops
 from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
+from lmforge.models.masks import check_mask_without_cache
 
 # A KV cache is one (key, value) pair per layer, each (batch, heads, time, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -47,8 +48,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """`attn_mask`: None for the causal mask, else a boolean "may attend" (batch, 1, t, t) that replaces it
+        (lmforge.models.masks: documents, prefixes); only without a cache."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
@@ -56,7 +62,9 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         drop = self.dropout if self.training else 0.0
-        if past is None or t > 1:
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        elif past is None or t > 1:
             # Queries are the last t positions of k; with a cache, the causal mask is offset.
             offset = k.size(2) - t
             if offset == 0:
@@ -90,8 +98,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past)
+    def forward(self, x, past=None, attn_mask=None):
+        a, present = self.attn(self.ln_1(x), past, attn_mask)
         x = x + self.drop(a)
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -147,8 +155,13 @@ class GPT(FamilyNet):
         input_ids: torch.Tensor,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
-        """Logits (batch, time, vocab); with `use_cache`, also the updated KV cache."""
+        """Logits (batch, time, vocab); with `use_cache`, also the updated KV cache.
+
+        `position_ids` (batch, time): each token's position (default: its index, after the cache's); `attn_mask`: a
+        boolean "may attend" (batch, 1, time, time) replacing the causal mask (see lmforge.models.masks)."""
         b, t = input_ids.shape
         start = past_key_values[0][0].size(2) if past_key_values else 0
         if start + t > self.config.max_seq_len:
@@ -156,11 +169,12 @@ class GPT(FamilyNet):
                 f"sequence of {start + t} tokens exceeds the model's context of {self.config.max_seq_len} "
                 "(model.net.max_seq_len); shorten the input or raise max_seq_len"
             )
-        pos = torch.arange(start, start + t, device=input_ids.device)
+        check_mask_without_cache(attn_mask, past_key_values)
+        pos = torch.arange(start, start + t, device=input_ids.device) if position_ids is None else position_ids
         x = self.drop(self.wte(input_ids) + self.wpe(pos))
         presents: KVCache = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, past_key_values[i] if past_key_values else None)
+            x, present = block(x, past_key_values[i] if past_key_values else None, attn_mask)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))
         return (logits, presents) if use_cache else logits

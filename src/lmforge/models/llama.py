@@ -33,6 +33,7 @@ from torch import nn
 from lmforge.errors import ConfigError
 from lmforge.flops import attention_flops, linear_flops
 from lmforge.models.base import FamilyNet
+from lmforge.models.masks import check_mask_without_cache
 from lmforge.models.positions import (
     ADDED_TO_EMBEDDINGS,
     alibi_bias,
@@ -265,13 +266,26 @@ class Llama(FamilyNet):
             return None
         return causal
 
+    def _given_mask(self, attn_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """A caller's boolean mask as SDPA takes it: itself, or under ALiBi the bias with the mask folded in."""
+        if self.config.position != "alibi":
+            return attn_mask
+        bias = alibi_bias(alibi_slopes(self.config.n_head), positions, positions)
+        return bias.masked_fill(~attn_mask, float("-inf"))
+
     def forward(
         self,
         input_ids: torch.Tensor,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
-        """Logits (batch, time, vocab); with `use_cache`, also the updated KV cache."""
+        """Logits (batch, time, vocab); with `use_cache`, also the updated KV cache.
+
+        `position_ids` (batch, time): each token's position for every encoding (default: its index, after the
+        cache's); `attn_mask`: a boolean "may attend" (batch, 1, time, time) replacing the causal mask (see
+        lmforge.models.masks); ALiBi's distances are then measured between the tokens' positions."""
         cfg = self.config
         b, t = input_ids.shape
         start = past_key_values[0][0].size(2) if past_key_values else 0
@@ -280,8 +294,9 @@ class Llama(FamilyNet):
                 f"sequence of {start + t} tokens exceeds the learned position table of {cfg.max_seq_len} "
                 "(model.net.max_seq_len); shorten the input or raise max_seq_len"
             )
+        check_mask_without_cache(attn_mask, past_key_values)
         device = input_ids.device
-        q_pos = torch.arange(start, start + t, device=device)
+        q_pos = torch.arange(start, start + t, device=device) if position_ids is None else position_ids
         x = self.wte(input_ids)
         if cfg.position in ADDED_TO_EMBEDDINGS:
             assert cfg.position == "sinusoidal" or self.wpe is not None
@@ -289,7 +304,10 @@ class Llama(FamilyNet):
             x = x + pe.to(x.dtype)
         x = self.drop(x)
         rope = rope_cos_sin(q_pos, cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
-        mask = self._attention_mask(q_pos, torch.arange(start + t, device=device))
+        if attn_mask is None:
+            mask = self._attention_mask(q_pos, torch.arange(start + t, device=device))
+        else:  # queries and keys at the same positions (no cache)
+            mask = self._given_mask(attn_mask, q_pos)
         presents: KVCache = []
         for i, block in enumerate(self.blocks):
             x, present = block(x, rope, mask, past_key_values[i] if past_key_values else None)

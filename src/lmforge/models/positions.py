@@ -49,12 +49,13 @@ def check_position(position: str, d_model: int, head_dim: int) -> None:
 
 
 def sinusoidal_table(positions: torch.Tensor, d_model: int) -> torch.Tensor:
-    """(len(positions), d_model): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
+    """(*positions.shape, d_model): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)).
+    `positions` (time,) or per token (batch, time)."""
     two_i = torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)
-    angles = positions.float()[:, None] / torch.pow(10000.0, two_i / d_model)[None, :]
-    table = torch.empty(positions.numel(), d_model, dtype=torch.float32, device=positions.device)
-    table[:, 0::2] = angles.sin()
-    table[:, 1::2] = angles.cos()
+    angles = positions.float()[..., None] / torch.pow(10000.0, two_i / d_model)
+    table = torch.empty(*positions.shape, d_model, dtype=torch.float32, device=positions.device)
+    table[..., 0::2] = angles.sin()
+    table[..., 1::2] = angles.cos()
     return table
 
 
@@ -62,13 +63,14 @@ def sinusoidal_table(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each (len(positions), head_dim) in fp32, of the rotation angles p * base^(-2i/head_dim),
-    repeated for both halves (the rotate-half layout). Computed as Hugging Face's LlamaRotaryEmbedding does."""
+    """cos and sin, each (*positions.shape, head_dim) in fp32, of the rotation angles p * base^(-2i/head_dim),
+    repeated for both halves (the rotate-half layout). Computed as Hugging Face's LlamaRotaryEmbedding does.
+    `positions` (time,) or per token (batch, time)."""
     inv_freq = 1.0 / (
         base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
     )
     with torch.autocast(device_type=positions.device.type, enabled=False):  # angles in fp32 even under bf16
-        freqs = positions.float()[:, None] * inv_freq[None, :]
+        freqs = positions.float()[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
 
@@ -80,7 +82,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` (batch, heads, time, head_dim) by the angles of its positions (cos/sin: (time, head_dim))."""
+    """Rotate `x` (batch, heads, time, head_dim) by the angles of its positions (cos/sin: (time, head_dim), or per
+    token (batch, time, head_dim))."""
+    if cos.dim() == 3:  # per-token positions: the same angles for every head
+        cos, sin = cos[:, None], sin[:, None]
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
@@ -104,9 +109,10 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 
 def alibi_bias(slopes: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
     """(heads, q_len, k_len) additive scores: -slope * (query position - key position), i.e. 0 for the query's own
-    key and more negative the further back. Future keys are the causal mask's business (see `causal_mask`)."""
-    distance = k_positions[None, :] - q_positions[:, None]  # <= 0 for keys a query may see
-    return slopes.to(q_positions.device)[:, None, None] * distance[None].float()
+    key and more negative the further back. Future keys are the causal mask's business (see `causal_mask`).
+    With per-token positions (batch, q_len) and (batch, k_len): (batch, heads, q_len, k_len)."""
+    distance = k_positions[..., None, :] - q_positions[..., :, None]  # <= 0 for keys a query may see
+    return slopes.to(q_positions.device)[:, None, None] * distance[..., None, :, :].float()
 
 
 # ------------------------------------------------------------------ the causal mask

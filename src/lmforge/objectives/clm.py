@@ -1,33 +1,52 @@
-"""Causal language modelling (GPT): packed blocks, next-token loss, sampling with a KV cache."""
+"""Causal language modelling (GPT, Llama): packed blocks (optionally kept apart by document masks), next-token
+loss, sampling with a KV cache."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from lmforge import generation
+from lmforge.models import masks
 from lmforge.objectives.base import LMObjective
-from lmforge.objectives.losses import token_cross_entropy
+from lmforge.objectives.losses import IGNORE_INDEX, token_cross_entropy
 
 
 @dataclass
 class PackedCausalBatches:
-    """Documents are packed back to back (separated by eos) into blocks of `block_len` tokens.
+    """Documents are packed back to back (each followed by eos) into blocks of `block_len` tokens.
 
-    As in Hugging Face, `labels` equal `input_ids`; the loss shifts them by one.
+    As in Hugging Face, `labels` equal `input_ids`; the loss shifts them by one. With `document_mask`
+    (data.document_mask, passed in by the data module through `with_document_mask`), batches also carry each
+    token's `document_ids` and `position_ids` (restarting at 0 per document; lmforge.models.masks), and the label
+    of every later document's first token is ignored: it would be predicted from the eos of the document before,
+    which its document cannot see (as Megatron-LM's eod_mask_loss, and Hugging Face's DataCollatorWithFlattening).
     """
 
     block_len: int
+    eos_id: int | None = None
+    document_mask: bool = False
 
     def for_split(self, split: str) -> PackedCausalBatches:
         return self  # packing draws nothing: validation batches are built as training's
 
+    def with_document_mask(self) -> PackedCausalBatches:
+        if self.eos_id is None:
+            raise ValueError("a document mask needs the eos id that ends each document")
+        return replace(self, document_mask=True)
+
     def __call__(self, blocks: list[np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(np.stack(blocks)).long()
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        if self.document_mask:
+            assert self.eos_id is not None
+            docs = masks.document_ids(ids, self.eos_id)
+            batch["labels"][masks.first_tokens_of_later_documents(docs)] = IGNORE_INDEX
+            batch.update(document_ids=docs, position_ids=masks.positions_in_documents(docs))
+        return batch
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,10 +59,12 @@ class CausalLM(LMObjective):
     special_tokens = {"eos": "<|endoftext|>"}
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> PackedCausalBatches:
-        return PackedCausalBatches(block_len=seq_len)
+        return PackedCausalBatches(block_len=seq_len, eos_id=special_ids.get("eos"))
 
     def loss(self, batch):
-        return next_token_loss(self.net(batch["input_ids"]), batch["labels"])
+        # documents and prefixes (if the batch has them) become positions and one attention mask per forward
+        logits = self.net(batch["input_ids"], **masks.decoder_inputs(batch))
+        return next_token_loss(logits, batch["labels"])
 
     def generate(
         self,
