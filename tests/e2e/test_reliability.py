@@ -30,6 +30,8 @@ def step_of(ckpt: Path) -> int:
 def clocked_run(text_corpus):
     proc = run_train([*TINY, *data(text_corpus), *CLOCK, "trainer.max_steps=23"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # every save says what it keeps: no Lightning notice per checkpoint in the user's console
+    assert "weights_only" not in proc.stdout + proc.stderr
     return run_dir_from_output(proc.stdout)
 
 

@@ -109,10 +109,11 @@ class RunCheckpoints(ModelCheckpoint):
             return last
         sharded = _sharded(trainer)
         if self.keep_last == 0 and not sharded:
-            trainer.save_checkpoint(last)  # atomic through the CheckpointIO plugin (lmforge/checkpoint_io.py)
+            # atomic through the CheckpointIO plugin (lmforge/checkpoint_io.py); the full state, to resume from
+            trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         else:
             step_path = self.folder / f"{STEP_PREFIX}{trainer.global_step}.ckpt"
-            trainer.save_checkpoint(step_path)
+            trainer.save_checkpoint(step_path, weights_only=self.save_weights_only)
             if trainer.is_global_zero:
                 _publish(step_path, last, link_folder=sharded)
                 self._rotate(trainer, keep=max(self.keep_last, 1 if sharded else 0), current=step_path)
