@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 import lmforge  # noqa: F401  (registers the config resolvers conf/ uses)
@@ -97,3 +98,21 @@ def run_dir_from_output(stdout: str) -> Path:
         if line.startswith("Run folder"):
             return Path(line.split(": ", 1)[1].strip())
     raise AssertionError(f"no 'Run folder' line in output:\n{stdout[-2000:]}")
+
+
+def fit_then_validate(model: L.LightningModule, train, val, steps: int, root: Path) -> L.Trainer:
+    """Train `steps` optimizer steps on CPU, quietly, with one validation at the end (learning tests)."""
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, train, val)
+    return trainer

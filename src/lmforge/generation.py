@@ -83,7 +83,7 @@ def sample(
 
 def sample_after_prefix(
     net: nn.Module,
-    prefix_ids: torch.Tensor,
+    input_ids: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -91,21 +91,21 @@ def sample_after_prefix(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """As `sample`, for a prefix LM (lmforge.objectives.prefix_lm): `prefix_ids` (batch, time >= 1) are read as the
+    """As `sample`, for a prefix LM (lmforge.objectives.prefix_lm): `input_ids` (batch, time >= 1) are read as the
     prefix, every prompt token seeing every other, and continued causally. With the cache, the first call encodes the
     prompt under its bidirectional mask and keeps its keys and values; each new token then attends to all of them
     and to the tokens before it, which is the prefix-LM mask's row for it (so the cached and the recomputed
     continuations agree)."""
     if not isinstance(net, CausalNet):
         raise TypeError(f"sample_after_prefix needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
-    if prefix_ids.size(1) < 1:
+    if input_ids.size(1) < 1:
         raise ValueError("sample_after_prefix needs a prefix of at least one token")
     check_top_p(top_p)
-    b, n_prefix = prefix_ids.shape
-    prefix_len = torch.full((b,), n_prefix, device=prefix_ids.device)
+    b, n_prefix = input_ids.shape
+    prefix_len = torch.full((b,), n_prefix, device=input_ids.device)
     max_new_tokens = min(max_new_tokens, net.max_seq_len - n_prefix)
     with decoding(net):
-        out, cache, step_input = prefix_ids, None, prefix_ids
+        out, cache, step_input = input_ids, None, input_ids
         for _ in range(max(0, max_new_tokens)):
             if use_cache:
                 mask = decoder_mask(n_prefix, out.device, prefix_len=prefix_len) if cache is None else None

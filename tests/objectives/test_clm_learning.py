@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import math
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import fit_then_validate
 from torch.utils.data import DataLoader
 
 from lmforge.models.gpt import GPT
@@ -53,19 +53,7 @@ def test_loss_falls_to_the_entropy_floor(tmp_path, family):
         optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
         scheduler=functools.partial(warmup_cosine, warmup_steps=10),
     )
-    trainer = L.Trainer(
-        max_steps=250,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        val_check_interval=250,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, train, val)
+    trainer = fit_then_validate(model, train, val, steps=250, root=tmp_path)
     start = math.log(VOCAB)
     val_loss = float(trainer.callback_metrics["val/loss"])
     assert val_loss < floor + 0.08, f"val/loss {val_loss:.3f} should approach the floor {floor:.3f}"

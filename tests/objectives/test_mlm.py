@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS
+from conftest import WORDS, fit_then_validate
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
@@ -146,19 +145,7 @@ def test_mlm_learns_structure_to_high_masked_accuracy(tmp_path, one_thread):
     val = DataLoader(
         list(successor_stream(30 * 128, seed=2).reshape(-1, 30)), batch_size=64, collate_fn=builder.for_split("val")
     )
-    trainer = L.Trainer(
-        max_steps=800,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        val_check_interval=800,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, train, val)
+    trainer = fit_then_validate(model, train, val, steps=800, root=tmp_path)
     acc = float(trainer.callback_metrics["val/acc"])
     assert acc >= 0.9, f"masked-token accuracy {acc:.3f}"
     assert float(trainer.callback_metrics["val/loss"]) < 0.5

@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 import os
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import fit_then_validate
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.data import DataLoader
 
@@ -243,19 +243,7 @@ def test_seq2seq_learns_to_reverse_sequences(tmp_path, one_thread):
     train = DataLoader(reversal_pairs(20000, seed=1), batch_size=64, shuffle=True, collate_fn=collate)
     val_pairs = reversal_pairs(200, seed=2)
     val = DataLoader(val_pairs, batch_size=100, collate_fn=collate)
-    trainer = L.Trainer(
-        max_steps=600,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        val_check_interval=600,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, train, val)
+    trainer = fit_then_validate(model, train, val, steps=600, root=tmp_path)
     batch = collate(val_pairs)
     pred = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
     exact = np.mean([model._cut(p.tolist()) == pair.target.tolist() for p, pair in zip(pred, val_pairs)])

@@ -57,6 +57,8 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 class CausalLM(LMObjective):
     name = "clm"
     special_tokens = {"eos": "<|endoftext|>"}
+    # How a prompt is continued: causally here; a prefix LM reads the prompt bidirectionally first.
+    decode = staticmethod(generation.sample)
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> PackedCausalBatches:
         return PackedCausalBatches(block_len=seq_len, eos_id=special_ids.get("eos"))
@@ -77,8 +79,8 @@ class CausalLM(LMObjective):
         top_p: float | None = None,
     ) -> torch.Tensor:
         """Continue `input_ids` (batch, time). temperature 0 is greedy. Stops at the model's context.
-        See lmforge.generation.sample."""
-        return generation.sample(self.net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        See lmforge.generation.sample (and `decode` below)."""
+        return self.decode(self.net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
 
     def sample_texts(
         self,

@@ -83,18 +83,5 @@ class PrefixLM(CausalLM):
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> PrefixBatches:
         return PrefixBatches(seq_len, special_ids.get("eos"), prefix_min=self.prefix_min, prefix_max=self.prefix_max)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-    ) -> torch.Tensor:
-        """Continue `input_ids` (batch, time), read bidirectionally as the prefix. See
-        lmforge.generation.sample_after_prefix."""
-        return generation.sample_after_prefix(
-            self.net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache
-        )
+    # generate() and sample_texts() continue a prompt read bidirectionally as the prefix
+    decode = staticmethod(generation.sample_after_prefix)
