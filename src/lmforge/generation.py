@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,18 +67,7 @@ def sample(
     top_p (nucleus sampling; None or 1.0: all), applied in that order as Hugging Face does."""
     if not isinstance(net, CausalNet):
         raise TypeError(f"generation.sample needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
-    check_top_p(top_p)
-    max_new_tokens = min(max_new_tokens, net.max_seq_len - input_ids.size(1))
-    with decoding(net):
-        out, cache, step_input = input_ids, None, input_ids
-        for _ in range(max(0, max_new_tokens)):
-            if use_cache:
-                logits, cache = net(step_input, past_key_values=cache, use_cache=True)
-            else:
-                logits = net(out)
-            step_input = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
-            out = torch.cat([out, step_input], dim=1)
-    return out.clone()  # cloned outside inference mode: an ordinary tensor, usable anywhere (e.g. in autograd)
+    return _continue(net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, prefix=False)
 
 
 def sample_after_prefix(
@@ -100,21 +89,41 @@ def sample_after_prefix(
         raise TypeError(f"sample_after_prefix needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
     if input_ids.size(1) < 1:
         raise ValueError("sample_after_prefix needs a prefix of at least one token")
+    return _continue(net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, prefix=True)
+
+
+def _continue(
+    net: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    use_cache: bool,
+    prefix: bool,
+) -> torch.Tensor:
+    """The decoding loop of `sample` and `sample_after_prefix`; with `prefix`, the prompt is read under the
+    prefix-LM mask (by the first cached call, or by every recomputation)."""
     check_top_p(top_p)
-    b, n_prefix = input_ids.shape
-    prefix_len = torch.full((b,), n_prefix, device=input_ids.device)
-    max_new_tokens = min(max_new_tokens, net.max_seq_len - n_prefix)
+    b, n_prompt = input_ids.shape
+    prefix_len = torch.full((b,), n_prompt, device=input_ids.device) if prefix else None
+
+    def mask(length: int) -> dict[str, Any]:
+        return {"attn_mask": decoder_mask(length, input_ids.device, prefix_len=prefix_len)} if prefix else {}
+
+    max_new_tokens = min(max_new_tokens, cast(CausalNet, net).max_seq_len - n_prompt)
     with decoding(net):
         out, cache, step_input = input_ids, None, input_ids
         for _ in range(max(0, max_new_tokens)):
             if use_cache:
-                mask = decoder_mask(n_prefix, out.device, prefix_len=prefix_len) if cache is None else None
-                logits, cache = net(step_input, past_key_values=cache, use_cache=True, attn_mask=mask)
+                first = mask(n_prompt) if cache is None else {}  # later tokens see everything cached
+                logits, cache = net(step_input, past_key_values=cache, use_cache=True, **first)
             else:
-                logits = net(out, attn_mask=decoder_mask(out.size(1), out.device, prefix_len=prefix_len))
+                logits = net(out, **mask(out.size(1)))
             step_input = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
             out = torch.cat([out, step_input], dim=1)
-    return out.clone()
+    return out.clone()  # cloned outside inference mode: an ordinary tensor, usable anywhere (e.g. in autograd)
 
 
 def check_top_p(top_p: float | None) -> None:

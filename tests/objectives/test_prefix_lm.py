@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fit_then_validate
+from test_clm_learning import FANOUT, VOCAB, markov_stream
 from torch.utils.data import DataLoader
 
 from lmforge import generation
@@ -161,18 +162,7 @@ def test_bad_split_bounds_stop_the_objective_before_any_data():
 # ------------------------------------------------------------------ learning
 
 
-VOCAB, FANOUT = 16, 4  # each token is followed by one of 4 tokens, uniformly: floor = ln 4 nats on every target
-
-
-def markov_stream(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    successors = np.stack([rng.permutation(VOCAB)[:FANOUT] for _ in range(VOCAB)])
-    out = np.empty(n, dtype=np.int64)
-    out[0] = 0
-    choices = rng.integers(0, FANOUT, n)
-    for i in range(1, n):
-        out[i] = successors[out[i - 1], choices[i]]
-    return out
+# each token is followed by one of FANOUT tokens, uniformly: floor = ln FANOUT nats on every target
 
 
 class Seeded:
