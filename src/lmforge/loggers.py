@@ -73,13 +73,32 @@ class RunLogger(WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self):
-        run = super().experiment
+        run = self._start_run()
         if not self._prepared and hasattr(run, "define_metric") and not getattr(run, "disabled", False):
             self._prepared = True
             for name, how in METRIC_SUMMARIES.items():
                 run.define_metric(name, step_metric=STEP_METRIC, summary=how)
             self._write_run_file(run)
         return run
+
+    def _start_run(self):
+        """The W&B run; an online start that fails (no network, the server down, a bad key) after
+        `init_timeout` seconds becomes an offline run in the run folder: the tracker never stops training."""
+        import wandb
+
+        try:
+            return super().experiment
+        except wandb.errors.Error as e:
+            if self._wandb_init.get("mode") != "online":
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            say(
+                f"W&B could not start an online run ({reason}); logging offline in the run folder instead "
+                "(the `wandb sync` command that uploads it is printed at the end)."
+            )
+            self._experiment = None
+            self._wandb_init["mode"] = "offline"
+            return super().experiment
 
     def _write_run_file(self, run) -> None:
         offline_dirs = list((self._previous or {}).get("offline_dirs", []))
@@ -142,6 +161,7 @@ def wandb_logger(
     name: str | None = None,
     group: str | None = None,
     resume_from: str | None = None,
+    init_timeout: float = 30.0,
     **kwargs,
 ) -> RunLogger:
     """A W&B logger writing its run into the run folder (`save_dir/wandb`).
@@ -150,7 +170,8 @@ def wandb_logger(
     name=None: the resumed run's name, else the command-line overrides that differ from the defaults.
     group=None: WANDB_RUN_GROUP,
     else the multirun's name. resume_from: the checkpoint being resumed; its run folder's W&B run
-    id is reused, so the resumed run continues the same W&B run. Other keys go to `wandb.init`
+    id is reused, so the resumed run continues the same W&B run. init_timeout: seconds an online start may
+    take before the run logs offline instead (wandb's own default is 90). Other keys go to `wandb.init`
     (entity, tags, notes, job_type, id, ...) or WandbLogger (log_model, checkpoint_name, ...).
     """
     if mode not in WANDB_MODES:
@@ -171,4 +192,5 @@ def wandb_logger(
     if kwargs.get("tags") is not None:
         kwargs["tags"] = list(kwargs["tags"])
     name = name or (previous or {}).get("name") or run_name()  # a resumed run keeps its name
+    kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout))
     return RunLogger(previous=previous, save_dir=save_dir, project=project, mode=mode, name=name, group=group, **kwargs)

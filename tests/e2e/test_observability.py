@@ -196,3 +196,27 @@ def test_multirun_is_one_wandb_group_of_separate_runs(text_corpus):
     assert "lr=0.001" in runs[0].run.display_name  # as Hydra writes a swept value
     assert "lr=" not in runs[1].run.display_name  # 2e-3 is the default
     assert all(r.exit_code == 0 for r in runs)
+
+
+def test_wandb_online_without_network_falls_back_to_offline(text_corpus, monkeypatch):
+    # An API key and a W&B server that refuses connections: the online start gives up after init_timeout and the
+    # run logs offline in its folder instead of failing (issue 17: a tracker never stops training).
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    proc = run_train(
+        [
+            *TINY,
+            "trainer.max_steps=4",
+            "data=text",
+            f"data.path={text_corpus}",
+            "logger.wandb.mode=online",
+            "logger.wandb.init_timeout=3",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "W&B could not start an online run" in proc.stdout and "logging offline" in proc.stdout
+    run_dir = run_dir_from_output(proc.stdout)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert json.loads((run_dir / "wandb/run.json").read_text())["mode"] == "offline"
+    assert f"wandb sync {offline}" in proc.stdout

@@ -193,6 +193,22 @@ def approx_text_bytes(files: list[Path]) -> int:
     return sum(f.stat().st_size * (3 if f.name.endswith(".gz") else 1) for f in files)
 
 
+# Files a plain-text corpus must not read as text: their structure (fields, markup, compression) would be
+# tokenized as if it were prose. Name ending -> the data option that reads them.
+STRUCTURED_SUFFIXES = {
+    ".jsonl": "data=jsonl (data.text_field names the field)",
+    ".jsonl.gz": "data=jsonl (data.text_field names the field)",
+    ".json": "data=jsonl (one JSON object per line; data.text_field names the field)",
+    ".ndjson": "data=jsonl (data.text_field names the field)",
+    ".csv": "data=classification for labelled rows, or convert the text column to .txt",
+    ".tsv": "data=pairs for (source, target) rows, data=classification for labelled rows",
+    ".parquet": "data=hf (a Hugging Face dataset), or convert the text column to .txt or .jsonl",
+    ".arrow": "data=hf (a Hugging Face dataset)",
+    ".gz": "a .txt.gz name for gzipped text, or data=jsonl for .jsonl.gz",
+    ".zip": "unpack it and point data.path at the folder",
+}
+
+
 class LocalFiles:
     """Files under `data.path` (a file, folder or glob): what the text and JSONL corpora share — resolving the
     path, refusing an empty corpus, size and fingerprint. Subclasses set `kind` and `suffixes` and turn files
@@ -200,6 +216,8 @@ class LocalFiles:
 
     kind = "files"
     suffixes: tuple[str, ...] = TEXT_SUFFIXES
+    # name endings refused even when a file is named explicitly -> the option that reads it (TextFiles sets it)
+    refused: dict[str, str] = {}
 
     def __init__(self, path: str, errors: str = "strict"):
         if errors not in ("strict", "replace", "ignore"):
@@ -216,6 +234,14 @@ class LocalFiles:
     def files(self) -> list[Path]:
         if self._files is None:
             files = resolve_files(self.path, self.suffixes)
+            for f in files:
+                if not f.name.endswith(self.suffixes) and (
+                    ending := next((e for e in self.refused if f.name.endswith(e)), None)
+                ):
+                    raise DataError(
+                        f"data.path={self.path!r}: data={self.kind} reads plain text, and {f.name} is a {ending} "
+                        f"file. Use {self.refused[ending]}."
+                    )
             if all(f.stat().st_size == 0 for f in files):
                 raise DataError(
                     f"data.path={self.path!r}: the corpus is empty ({len(files)} file(s), 0 bytes). Give it some text."
@@ -240,6 +266,7 @@ class TextFiles(LocalFiles):
     """Plain-text corpus. One document per file; a single file is cut into paragraph documents."""
 
     kind = "text"
+    refused = STRUCTURED_SUFFIXES
 
     def documents(self) -> Iterator[Document]:
         files = self.files()
