@@ -33,7 +33,7 @@ from lmforge.callbacks.preemption import EXIT_CODES, Preemption
 from lmforge.checkpoint_io import AtomicCheckpointIO
 from lmforge.checkpoints import check_resume_checkpoint
 from lmforge.config_tree import print_config_tree
-from lmforge.console import say
+from lmforge.console import log, say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
 from lmforge.errors import ConfigError, LmforgeError
@@ -333,7 +333,9 @@ def train_job(cfg: DictConfig) -> dict[str, Any]:
     except Exception as e:
         user_error = _find_user_error(e)
         if user_error is None:
+            log.exception("the run failed")  # the traceback in train.log too, not only on the console
             raise
+        log.error(f"error: {user_error}")
         print(f"\nerror: {user_error}", file=sys.stderr)
         sys.exit(2)
 

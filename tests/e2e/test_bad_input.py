@@ -79,9 +79,11 @@ def test_jsonl_line_without_the_text_field_is_named(tmp_path):
 def test_text_corpus_refuses_a_structured_file(tmp_path):
     # data=text would tokenize the JSON syntax as prose: the message names the file and the option that reads it
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' * 5)
-    proc = run_train([*TINY, "data=text", f"data.path={tmp_path / 'a.jsonl'}", "logger=csv"])
+    run = tmp_path / "run"
+    proc = run_train([*TINY, "data=text", f"data.path={tmp_path / 'a.jsonl'}", "logger=csv", f"hydra.run.dir={run}"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "a.jsonl is a .jsonl file" in proc.stderr and "data=jsonl" in proc.stderr
+    assert "a.jsonl is a .jsonl file" in (run / "train.log").read_text()  # the error is kept with the run
 
 
 def test_vocabulary_too_large_for_the_token_dtype(text_corpus):
