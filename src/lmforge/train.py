@@ -28,7 +28,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmforge.budget import check_budget_config, describe, plan_budget
+from lmforge.budget import describe, plan_budget
 from lmforge.callbacks.preemption import EXIT_CODES, Preemption
 from lmforge.checkpoint_io import AtomicCheckpointIO
 from lmforge.checkpoints import check_resume_checkpoint
@@ -234,8 +234,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as configured; return the summary written to `<run dir>/summary.json`."""
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
-    check_config(cfg)
-    check_budget_config(cfg)
+    check_config(cfg)  # every problem of the typed keys at once
     if cfg.get("ckpt_path"):  # a wrong checkpoint is one message now, not a traceback after the data is built
         check_resume_checkpoint(cfg.ckpt_path, objective_class(cfg).name, resolved(cfg.model.net))
     scale_options = ScaleOptions.from_config(cfg)

@@ -7,7 +7,9 @@ which train.py prints without a traceback.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,10 +54,63 @@ def _positive_key(cfg: DictConfig, key: str, integer: bool = False, required: bo
 
 
 def check_config(cfg: DictConfig) -> None:
-    _positive_key(cfg, "model.optimizer.lr")
-    _positive_key(cfg, "data.batch_size", integer=True, required=True)
-    _positive_key(cfg, "data.seq_len", integer=True, required=True)
-    _positive_key(cfg, "trainer.accumulate_grad_batches", integer=True)
+    """Every check of the user-typed keys, before anything is built. All problems are reported together (one
+    ConfigError, a line each), so a user fixes a command once, not once per mistake."""
+    from lmforge.budget import check_budget_config  # budget uses `positive` from here
+
+    checks: list[Callable[[DictConfig], Any]] = [
+        check_seed,
+        check_flags,
+        partial(_positive_key, key="model.optimizer.lr"),
+        partial(_positive_key, key="data.batch_size", integer=True, required=True),
+        partial(_positive_key, key="data.seq_len", integer=True, required=True),
+        partial(_positive_key, key="trainer.accumulate_grad_batches", integer=True),
+        check_duration,
+        partial(_non_negative_key, key="model.scheduler.warmup_steps"),
+        partial(_non_negative_key, key="model.optimizer.weight_decay"),
+        check_budget_config,
+        check_scale_options,
+        check_context,
+    ]
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check(cfg)
+        except ConfigError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the config:\n  - " + "\n  - ".join(problems))
+
+
+def _valid_seed(seed: Any) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
+
+
+def check_seed(cfg: DictConfig) -> None:
+    seed = _get(cfg, "seed")
+    if not _valid_seed(seed):
+        raise ConfigError(f"seed={seed!r} must be a whole number from 0 to 2**32 - 1 (e.g. seed=1337).")
+
+
+def check_scale_options(cfg: DictConfig) -> None:
+    """compile and activation_checkpointing (ScaleOptions also takes the run's seed, which check_seed checks)."""
+    from lmforge.parallel.wrap import ScaleOptions
+
+    checked = cfg if _valid_seed(_get(cfg, "seed")) else OmegaConf.merge(cfg, {"seed": 0})
+    ScaleOptions.from_config(cast(DictConfig, checked))
+
+
+def check_flags(cfg: DictConfig) -> None:
+    """train.yaml's switches: a typo such as print_config=yes would otherwise count as true."""
+    for key in ("print_config",):
+        value = _get(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false.")
+
+
+def check_duration(cfg: DictConfig) -> None:
     max_steps = _get(cfg, "trainer.max_steps")
     max_epochs = _get(cfg, "trainer.max_epochs")
     if max_steps is not None and max_steps != -1:
@@ -65,13 +120,12 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.max_steps={max_steps}: set a positive number of optimizer steps "
             "(or trainer.max_epochs to a positive number of epochs)."
         )
-    warmup = _get(cfg, "model.scheduler.warmup_steps")
-    if warmup is not None and warmup < 0:
-        raise ConfigError(f"model.scheduler.warmup_steps={warmup} must be >= 0.")
-    wd = _get(cfg, "model.optimizer.weight_decay")
-    if wd is not None and wd < 0:
-        raise ConfigError(f"model.optimizer.weight_decay={wd} must be >= 0.")
-    check_context(cfg)
+
+
+def _non_negative_key(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+        raise ConfigError(f"{key}={value!r} must be >= 0.")
 
 
 def check_context(cfg: DictConfig) -> None:

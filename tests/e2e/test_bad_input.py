@@ -36,6 +36,14 @@ CASES = {
     "zero steps": (["trainer.max_steps=0"], ["trainer.max_steps=0"]),
     "seq_len over context": (["data.seq_len=65"], ["data.seq_len=65", "model.net.max_seq_len=64"]),
     "missing corpus": (["data.path=/nonexistent/corpus"], ["data.path='/nonexistent/corpus'", "no such file"]),
+    "seed not a number": (["seed=abc"], ["seed='abc' must be a whole number"]),
+    "seed not whole": (["seed=1.5"], ["seed=1.5 must be a whole number"]),
+    "flag not a bool": (["print_config=yes"], ["print_config='yes' must be true or false"]),
+    # every mistake of one command in one message, a line each
+    "several at once": (
+        ["seed=-1", "model.optimizer.lr=0", "compile=maybe", "data.seq_len=65"],
+        ["4 problems in the config", "seed=-1", "model.optimizer.lr=0", "compile='maybe'", "data.seq_len=65"],
+    ),
 }
 
 
