@@ -38,13 +38,15 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     return ckpt
 
 
-def check_resume_checkpoint(path: str | Path, objective: str, net: Mapping[str, Any]) -> None:
+def check_resume_checkpoint(path: str | Path, objective: str, net: Mapping[str, Any]) -> dict[str, Any]:
     """Before any compute: `ckpt_path` is a checkpoint this run can resume (its objective, net family and
-    dimensions match the config's `model`). A file is memory-mapped, so its tensors are not read."""
+    dimensions match the config's `model`). A file is memory-mapped, so its tensors are not read. Returns what the
+    checkpoint says of itself: `step` (its global step) and `config` (the run config it was trained with), each
+    None where a sharded folder does not say without reading its shards."""
     path = Path(path).expanduser()
     if path.is_dir():  # sharded: Lightning reads its metadata with the shards
         _check_sharded_folder(path, "ckpt_path")
-        return
+        return {"step": None, "config": None}
     ckpt = _load_file(path, "ckpt_path", mmap=True)
     meta = ckpt.get("lmforge")
     if not isinstance(meta, dict) or "state_dict" not in ckpt:
@@ -68,6 +70,8 @@ def check_resume_checkpoint(path: str | Path, objective: str, net: Mapping[str, 
         raise ConfigError(
             f"ckpt_path={str(path)!r} holds a net of another size: {said}. Resume with the checkpoint's dimensions."
         )
+    config = meta.get("config")
+    return {"step": ckpt.get("global_step"), "config": config if isinstance(config, dict) else None}
 
 
 def _load_file(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -145,6 +146,35 @@ class RunLogger(WandbLogger):
         if offline:
             info = json.loads((Path(str(self.save_dir)) / "wandb" / RUN_FILE).read_text())
             say(f"W&B offline run {info['id']}; upload it with:\n  wandb sync {' '.join(info['offline_dirs'])}")
+
+
+class AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; a run that continues in its folder
+    (resume=auto, ckpt_path) appends to it instead, so the file keeps the whole history (steps redone after a
+    crash appear twice, once per session: what was computed)."""
+
+    def __init__(self, log_dir: str) -> None:
+        self._keep = Path(log_dir, self.NAME_METRICS_FILE)
+        super().__init__(log_dir)
+        if self._keep.is_file():
+            with self._keep.open(newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = sorted(k for k in header.split(",") if k)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # keep the earlier sessions' rows
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger with `AppendingWriter`: <run dir>/csv/metrics.csv across every session of a run."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if not isinstance(self._experiment, AppendingWriter):
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def finish_loggers(loggers: list, summary: dict[str, Any], run_dir: str | Path) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -31,7 +32,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lmforge.budget import describe, plan_budget
 from lmforge.callbacks.preemption import EXIT_CODES, Preemption
 from lmforge.checkpoint_io import AtomicCheckpointIO
-from lmforge.checkpoints import check_resume_checkpoint
 from lmforge.config_tree import print_config_tree
 from lmforge.console import log, say
 from lmforge.data.tokenizer import copy_tokenizer
@@ -46,6 +46,7 @@ from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
 from lmforge.protocols import EndsRunOnPurpose, NeedsTokenizer, RunData, SummarySection
+from lmforge.resume import ApplyOptimizerChanges, NothingToTrain, check_changes, check_steps_left, plan_resume
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
 
@@ -97,7 +98,7 @@ def build_objective(
 
 
 def build_trainer(
-    cfg: DictConfig, block_len: int, scale_options: ScaleOptions
+    cfg: DictConfig, block_len: int, scale_options: ScaleOptions, extra_callbacks: list[Any] | None = None
 ) -> tuple[L.Trainer, list[Any], dict[str, Any]]:
     """The Trainer, its callbacks, and the "scale" facts of summary.json. The token budget (global_batch_size,
     max_tokens) is planned first, for the world size the Trainer will have, and written into cfg.trainer: the
@@ -105,7 +106,7 @@ def build_trainer(
     world_size = planned_world_size(cfg.trainer)
     batch_facts = plan_budget(cfg, world_size, block_len)
     # Signals stop the run with a checkpoint whatever the callbacks config says (lmforge/callbacks/preemption.py).
-    callbacks = [*_instantiate_group(cfg.get("callbacks")), Preemption()]
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), *(extra_callbacks or []), Preemption()]
     loggers = _instantiate_group(cfg.get("logger"))
     # Checkpoints come only from the configured callbacks (callbacks=none means none): Lightning would
     # otherwise add its own ModelCheckpoint under the logger's folder.
@@ -235,10 +236,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)  # every problem of the typed keys at once
-    if cfg.get("ckpt_path"):  # a wrong checkpoint is one message now, not a traceback after the data is built
-        check_resume_checkpoint(cfg.ckpt_path, objective_class(cfg).name, resolved(cfg.model.net))
+    # ckpt_path, or the newest checkpoint of a run this folder already holds (resume=auto); checked before compute
+    resumed = plan_resume(cfg, objective_class(cfg).name)
     scale_options = ScaleOptions.from_config(cfg)
     init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
+    changed = check_changes(cfg, resumed) if resumed else []
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -249,7 +251,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
         model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
-    trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options)
+    # resume_changes=allow with new optimizer values: applied to the optimizer state the checkpoint restores
+    apply = [ApplyOptimizerChanges(resolved(cfg.model.optimizer))] if any("optimizer" in c for c in changed) else []
+    trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options, extra_callbacks=apply)
+    try:
+        check_steps_left(resumed, trainer.max_steps)
+    except NothingToTrain as e:
+        if not e.finished:
+            raise
+        say(str(e))  # the folder's run is complete: re-running its command (a requeue) is a success, not a redo
+        return json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     # Checkpoints carry the resolved config as it is now: with the vocabulary, accumulation and steps filled in.
     # The budget needs the batch builder's block length, which the objective makes, so this one fact comes last.
     model.run_config = resolved(cfg)

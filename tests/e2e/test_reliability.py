@@ -3,6 +3,7 @@ atomic, and a wrong ckpt_path is one message before compute. Real `python train.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -189,3 +190,96 @@ def test_a_checkpoint_mistake_is_one_message_before_compute(case, clocked_run, b
         assert fragment in proc.stderr, f"{fragment!r} not in: {proc.stderr[-800:]}"
     assert not (run_dir / "tokenizer.json").exists() and not (run_dir / "config.yaml").exists()  # before compute
     assert {p: p.stat().st_mtime_ns for p in clocked_run.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------ resume=auto: the same command continues its run
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def loss_curve(run_dir: Path) -> dict[int, str]:
+    """step -> train/loss as written (a redone step keeps its last value: the session that went on from it)."""
+    return {int(r["step"]): r["train/loss"] for r in metric_rows(run_dir) if r.get("train/loss")}
+
+
+def test_the_same_command_in_a_fixed_folder_continues_its_run(text_corpus, tmp_path):
+    run_dir = tmp_path / "fixed"
+    args = [*TINY, *data(text_corpus), *CLOCK, "logger=[csv,wandb]", f"hydra.run.dir={run_dir}"]
+    first = run_train([*args, "trainer.max_steps=10"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    wandb_id = json.loads((run_dir / "wandb" / "run.json").read_text())["id"]
+
+    longer = run_train([*args, "trainer.max_steps=15"])  # the same command, extended: continues, starts nothing anew
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "Resuming the run in" in longer.stdout and "step 10" in longer.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 15
+    assert json.loads((run_dir / "wandb" / "run.json").read_text())["id"] == wandb_id  # the same W&B run
+    assert sorted(loss_curve(run_dir)) == list(range(15))  # the history of both sessions, none deleted
+    assert not list((run_dir / "checkpoints").glob("*-v1.ckpt"))
+
+    again = run_train([*args, "trainer.max_steps=15"])  # finished: says so, touches nothing, succeeds
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "is at step 15, and trainer.max_steps=15: nothing to train" in again.stdout
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+
+
+def test_resume_false_refuses_to_overwrite_and_true_needs_a_run(clocked_run, text_corpus, tmp_path):
+    refused = run_train([*TINY, *data(text_corpus), "resume=false", f"hydra.run.dir={clocked_run}"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "already holds a run (completed after 23 steps)" in refused.stderr
+    empty = run_train([*TINY, *data(text_corpus), "resume=true", f"hydra.run.dir={tmp_path / 'new'}"])
+    assert empty.returncode == 2 and "holds no run to continue" in empty.stderr
+
+
+def test_a_finished_run_resumed_by_path_without_more_steps_says_so(clocked_run, text_corpus):
+    proc = run_train(
+        [*TINY, *data(text_corpus), *CLOCK, "trainer.max_steps=23", f"ckpt_path={clocked_run}/checkpoints/last.ckpt"]
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is at step 23, and trainer.max_steps=23: nothing to train" in proc.stderr
+
+
+def test_resume_with_a_new_learning_rate_stops_or_applies_it(clocked_run, text_corpus, tmp_path):
+    ckpt = f"ckpt_path={clocked_run}/checkpoints/last.ckpt"
+    args = [*TINY, *data(text_corpus), "trainer.max_steps=26", ckpt, "model.optimizer.lr=1e-4"]
+    refused = run_train(args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "model.optimizer.lr: 0.002 -> 0.0001" in refused.stderr and "resume_changes=allow" in refused.stderr
+    allowed = run_train([*args, "resume_changes=allow", f"hydra.run.dir={tmp_path / 'allowed'}"])
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "Resuming with changed settings" in allowed.stdout
+    last_lr = float([r for r in metric_rows(tmp_path / "allowed") if r.get("lr")][-1]["lr"])
+    assert last_lr <= 1e-4  # the schedule now scales from the new peak (the old one was 2e-3)
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_continues_bit_identically(text_corpus, tmp_path):
+    args = [*TINY, *data(text_corpus), *CLOCK, "trainer.max_steps=40", "logger.csv.flush_logs_every_n_steps=1"]
+    whole = run_train([*args, f"hydra.run.dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 180
+    while not (run_dir / "checkpoints" / "step-15.ckpt").exists():  # past two clock ticks, mid-run
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved at the kill
+    proc.wait()
+
+    resumed = run_train([*args, f"hydra.run.dir={run_dir}"])  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming the run in" in resumed.stdout
+    redone = [int(r["step"]) for r in metric_rows(run_dir) if r.get("train/loss")]
+    assert len(redone) - len(set(redone)) <= 5  # at most every_n_steps steps computed twice
+    assert loss_curve(run_dir) == loss_curve(tmp_path / "whole")  # every step's loss, bit for bit
+    a = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
