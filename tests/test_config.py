@@ -181,3 +181,18 @@ def test_local_config_is_optional_and_composed_when_present(tmp_path):
     assert _compose_from(conf, ["experiment=gpt2_124m"]).trainer.devices == 2
     assert _compose_from(conf, ["trainer.devices=3"]).trainer.devices == 3
     assert _compose_from(conf, ["local=cluster"]).trainer.devices == 8
+
+
+def test_a_monitor_is_checked_against_what_the_objective_logs():
+    from lmforge.errors import ConfigError
+    from lmforge.validate import check_monitors
+
+    def cfg(model: str, monitor: str):
+        return OmegaConf.create(
+            {"model": {"_target_": model}, "callbacks": {"model_checkpoint": {"monitor": monitor}, "progress": {}}}
+        )
+
+    check_monitors(cfg("lmforge.objectives.mlm.MaskedLM", "val/acc"))  # BERT logs masked-token accuracy
+    check_monitors(cfg("lmforge.objectives.seq2seq.Seq2SeqLM", "val/bleu"))
+    with pytest.raises(ConfigError, match="val/acc"):
+        check_monitors(cfg("lmforge.objectives.clm.CausalLM", "val/acc"))  # a causal LM logs no accuracy

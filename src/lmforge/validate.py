@@ -71,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
         check_budget_config,
         check_scale_options,
         check_context,
+        check_monitors,
     ]
     problems: list[str] = []
     for check in checks:
@@ -126,6 +127,31 @@ def _non_negative_key(cfg: DictConfig, key: str) -> None:
     value = _get(cfg, key)
     if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
         raise ConfigError(f"{key}={value!r} must be >= 0.")
+
+
+def check_monitors(cfg: DictConfig) -> None:
+    """A callback's `monitor` (best.ckpt's val/loss, early stopping, sweep pruning) must be a metric the objective
+    logs: Lightning would find a typo only after the first validation's compute."""
+    from hydra.utils import get_class
+
+    target = _get(cfg, "model._target_")
+    try:
+        logged = get_class(target).logged_metrics if target else None
+    except (ImportError, AttributeError, ValueError):
+        return  # objective_class() names a wrong _target_
+    if not logged:
+        return
+    callbacks = _get(cfg, "callbacks") or {}
+    wrong = [
+        f"callbacks.{name}.monitor={node.get('monitor')!r}"
+        for name, node in callbacks.items()
+        if isinstance(node, DictConfig) and node.get("monitor") and node.get("monitor") not in logged
+    ]
+    if wrong:
+        raise ConfigError(
+            f"{', '.join(wrong)}: the {target.rsplit('.', 1)[-1]} objective logs no such metric; it logs "
+            f"{', '.join(logged)}."
+        )
 
 
 def check_context(cfg: DictConfig) -> None:

@@ -39,6 +39,10 @@ CASES = {
     "seed not a number": (["seed=abc"], ["seed='abc' must be a whole number"]),
     "seed not whole": (["seed=1.5"], ["seed=1.5 must be a whole number"]),
     "flag not a bool": (["print_config=yes"], ["print_config='yes' must be true or false"]),
+    "monitor typo": (
+        ["callbacks.model_checkpoint.monitor=val/los"],
+        ["callbacks.model_checkpoint.monitor='val/los'", "CausalLM objective logs no such metric", "val/loss"],
+    ),
     # every mistake of one command in one message, a line each
     "several at once": (
         ["seed=-1", "model.optimizer.lr=0", "compile=maybe", "data.seq_len=65"],

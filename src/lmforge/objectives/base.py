@@ -29,6 +29,9 @@ CHECK_EVERY_WITHOUT_LOGS = 50
 class LMObjective(L.LightningModule):
     name: ClassVar[str] = "base"
     special_tokens: ClassVar[dict[str, str]] = {}
+    # What the objective logs, by name: a callback's `monitor` is checked against these before any compute (a typo
+    # would otherwise fail after the first validation). Objectives that log more extend the tuple.
+    logged_metrics: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss", "val/ppl")
 
     def __init__(
         self,

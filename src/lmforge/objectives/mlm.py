@@ -142,6 +142,7 @@ class MaskedLM(LMObjective):
     # separates documents in the token stream; `sep` names it for tokenizers that add [CLS] .. [SEP].
     special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "mask": "[MASK]"}
     net: Any  # an encoder family's net (protocols.Net); its config has the vocabulary size
+    logged_metrics = (*LMObjective.logged_metrics, "val/acc")
 
     def __init__(
         self,

@@ -194,6 +194,7 @@ class Seq2SeqLM(LMObjective):
         **{f"sentinel_{i}": f"<extra_id_{i}>" for i in range(NUM_SENTINELS)},
     }
     net: Any  # an encoder-decoder family's net (protocols.Net and protocols.EncoderDecoderNet)
+    logged_metrics = (*LMObjective.logged_metrics, "val/bleu")  # val/bleu: when pairs give references
 
     def __init__(
         self,
