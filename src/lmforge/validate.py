@@ -136,7 +136,7 @@ def check_monitors(cfg: DictConfig) -> None:
 
     target = _get(cfg, "model._target_")
     try:
-        logged = get_class(target).logged_metrics if target else None
+        logged = getattr(get_class(target), "logged_metrics", None) if target else None
     except (ImportError, AttributeError, ValueError):
         return  # objective_class() names a wrong _target_
     if not logged:
