@@ -140,6 +140,27 @@ def test_real_tracker_records_energy_per_phase(tmp_path):
         assert any(r.get(key) for r in logged), key
 
 
+def test_a_resumed_run_projects_the_whole_run_from_its_own_steps(tmp_path):
+    """Resumed at step ~40 of 80, the session has trained none of the remaining steps at the next step: its projection must
+    scale what it measured by the share of *its* steps done and add what the run spent before (it was ~10x low)."""
+    out = tmp_path / "run"
+    first = EmissionsCallback(output_dir=out, measure_power_secs=1, project_at=None)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "ckpt", save_last=True)
+    trainer(out, first, enable_checkpointing=True, callbacks=[first, ckpt]).fit(Tiny(), *loaders())
+    first_total = first.summary()["energy_kwh"]
+
+    second = EmissionsCallback(output_dir=out, measure_power_secs=1, project_at=0.25)
+    tr = trainer(out, second, max_steps=80)
+    tr.fit(Tiny(), *loaders(), ckpt_path=str(out / "ckpt" / "last.ckpt"))
+    s = second.summary()
+    proj, whole = s["projection"], s["cumulative"]["energy_kwh"]
+    resumed_at = torch.load(out / "ckpt" / "last.ckpt", weights_only=False)["global_step"]
+    assert proj["resumed_at_step"] == resumed_at > 0 and 0.25 <= proj["fraction_done"] < 0.5
+    assert 0 < proj["before_resume"]["energy_kwh"] <= first_total  # what the run spent up to its checkpoint
+    # the two sessions train alike: the projection lands near what the whole run really spent
+    assert 0.5 * whole < proj["energy_kwh"] < 2 * whole
+
+
 DDP_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})

@@ -129,6 +129,7 @@ class EmissionsCallback(Callback):
         self._mark: dict[str, Any] | None = None  # totals at the last phase boundary
         self._phases: dict[str, dict[str, float]] = {}
         self._train_start: dict[str, Any] | None = None
+        self._train_start_step = 0  # global_step when this session's training began (a resumed run's checkpoint step)
         self._projection: dict[str, Any] | None = None
         self._last_logged_step = -1
         self._sessions = 0
@@ -292,6 +293,7 @@ class EmissionsCallback(Callback):
         self._enter("train")
         self._phase_stack.clear()
         self._train_start = dict(self._mark) if self._mark else None
+        self._train_start_step = trainer.global_step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._step = trainer.global_step
@@ -362,8 +364,12 @@ class EmissionsCallback(Callback):
             return math.inf
 
     def _maybe_project(self, trainer: Any, step: int, project_at: float) -> None:
+        # This session measures only its own steps: a run resumed at step 500 of 1000 has done none of them at step
+        # 501, so the fraction is of the steps this session trains, and the earlier sessions' totals are added.
         total = self._total_steps(trainer)
-        if not math.isfinite(total) or total <= 0 or step < math.ceil(project_at * total):
+        first = self._train_start_step
+        span = total - first
+        if not math.isfinite(total) or span <= 0 or step - first < math.ceil(project_at * span):
             return
         now = self._read()
         if now is None:
@@ -375,7 +381,7 @@ class EmissionsCallback(Callback):
             proj = project(
                 now["energy_kwh"],
                 now["co2_kg"],
-                min(step / total, 1.0),
+                min((step - first) / span, 1.0),
                 elapsed_s=now["duration_s"],
                 fixed_energy_kwh=start["energy_kwh"],
                 fixed_co2_kg=start["co2_kg"],
@@ -391,6 +397,14 @@ class EmissionsCallback(Callback):
             proj["energy_kwh"] *= self._num_nodes
             proj["co2_kg"] *= self._num_nodes
             proj["extrapolated_to_nodes"] = self._num_nodes
+        if self._before_resume:  # already whole-run figures (state_dict extrapolates to the nodes)
+            prior = self._before_resume
+            proj["energy_kwh"] += prior["energy_kwh"]
+            proj["co2_kg"] += prior["co2_kg"]
+            if "duration_s" in proj:
+                proj["duration_s"] += prior.get("duration_s", 0.0)
+            proj["resumed_at_step"] = first
+            proj["before_resume"] = {k: prior[k] for k in ("energy_kwh", "co2_kg", "duration_s") if k in prior}
         self._projection = proj
         if getattr(trainer, "is_global_zero", True):
             rank_zero_info(format_projection(proj))
