@@ -141,8 +141,9 @@ def test_real_tracker_records_energy_per_phase(tmp_path):
 
 
 def test_a_resumed_run_projects_the_whole_run_from_its_own_steps(tmp_path):
-    """Resumed at step ~40 of 80, the session has trained none of the remaining steps at the next step: its projection must
-    scale what it measured by the share of *its* steps done and add what the run spent before (it was ~10x low)."""
+    """Resumed at step ~40 of 80, the session has trained none of the remaining steps at the next step: its
+    projection must scale what it measured by the share of *its* steps done and add what the run spent before (it
+    was ~10x low)."""
     out = tmp_path / "run"
     first = EmissionsCallback(output_dir=out, measure_power_secs=1, project_at=None)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "ckpt", save_last=True)
