@@ -378,7 +378,7 @@ class EmissionsCallback(Callback):
         if now["energy_kwh"] <= start["energy_kwh"]:
             return  # CodeCarbon skips re-measuring within 50 ms: nothing of training measured yet
         try:
-            proj = project(
+            proj: dict[str, Any] = project(
                 now["energy_kwh"],
                 now["co2_kg"],
                 min((step - first) / span, 1.0),
