@@ -36,7 +36,7 @@ from lmforge.config_tree import print_config_tree
 from lmforge.console import log, say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError, folder_error
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
@@ -341,7 +341,7 @@ def train_job(cfg: DictConfig) -> dict[str, Any]:
         with isolated_job():  # ranks Lightning starts run this job, in its folder (lmforge/parallel/launch.py)
             return run(cfg)
     except Exception as e:
-        user_error = _find_user_error(e)
+        user_error = _find_user_error(e) or folder_error(e)  # a folder that cannot be written is the user's to fix
         if user_error is None:
             log.exception("the run failed")  # the traceback in train.log too, not only on the console
             raise

@@ -166,3 +166,23 @@ def test_llama_shape_mistakes_fail_fast_and_clearly(name, text_corpus):
     for fragment in expected:
         assert fragment in proc.stderr, f"{fragment!r} not in: {proc.stderr[-800:]}"
     assert "Epoch" not in proc.stdout, "training started despite the bad input"
+
+
+@pytest.mark.parametrize("where", ["run folder", "sweep folder", "cache folder"])
+def test_a_folder_that_cannot_be_written_is_one_message(where, text_corpus, tmp_path):
+    """As root (CI) permissions do not stop a write, so the unwritable folder here has a file in its way; a read-only
+    filesystem or a permission error takes the same path (errors.folder_error)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = {
+        "run folder": [f"hydra.run.dir={blocker}/run"],
+        "sweep folder": [f"hydra.sweep.dir={blocker}/sweep", "seed=1,2"],
+        "cache folder": [f"paths.cache_dir={blocker}/cache", f"hydra.run.dir={tmp_path}/run"],
+    }[where]
+    multirun = ["-m"] if where == "sweep folder" else []
+    args = [*multirun, *TINY, "data=text", f"data.path={text_corpus}", "logger=csv", "trainer.max_steps=2", *target]
+    proc = run_train(args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"cannot write {blocker}/" in proc.stderr and "a file is in the way of a folder" in proc.stderr
+    assert blocker.read_text() == "not a folder"  # nothing already there was touched
