@@ -8,12 +8,14 @@ folder, is fsynced, and is renamed over the target (rename within one filesystem
 fsynced so the rename itself survives a power loss.
 
 Sharded checkpoints (`trainer=fsdp`, one folder per checkpoint) are written by torch distributed checkpointing,
-not through this plugin; the latest-checkpoint callback publishes those by renaming a symlink instead.
+not through this plugin, and in place: the latest-checkpoint callback publishes those by renaming a symlink, and a
+folder that is rewritten (best.ckpt) is written beside it and swapped in (`swap_in_folder`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 TMP_MARK = ".tmp-"  # `<name>.tmp-<pid>`: a file being written (or left by a killed process: see clean_orphans)
+# A sharded checkpoint that replaces an existing folder (best.ckpt under FSDP) is written as `<name>.staged-<step>`
+# by every rank, then swapped in by rank 0: `<name>` -> `<name>.old-<step>`, staged -> `<name>`, old removed.
+STAGED_MARK, OLD_MARK = ".staged-", ".old-"
 
 
 def fsync_folder(folder: Path) -> None:
@@ -48,14 +53,38 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     fsync_folder(path.parent)
 
 
+def swap_in_folder(staged: Path, final: Path) -> None:
+    """Replace the folder `final` by the complete folder `staged`. A rename cannot replace a folder that has files,
+    so the old one is renamed aside first: at every moment one complete copy exists under `final` or under
+    `<final>.old-*`, which `clean_orphans` puts back if a kill came between the two renames."""
+    old = final.with_name(final.name + OLD_MARK + staged.name.rsplit(STAGED_MARK, 1)[1])
+    if final.is_dir() and not final.is_symlink():
+        os.rename(final, old)
+    os.rename(staged, final)
+    fsync_folder(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def clean_orphans(folder: str | Path) -> list[Path]:
-    """Remove temporary checkpoint files that processes no longer running left behind (killed mid-save)."""
+    """Remove what processes killed mid-save left behind: temporary checkpoint files of processes no longer
+    running, and staged sharded folders (incomplete). A sharded checkpoint set aside by `swap_in_folder` whose
+    replacement never arrived is put back."""
     removed = []
     for tmp in Path(folder).glob(f"*{TMP_MARK}*"):
         pid = tmp.name.rsplit(TMP_MARK, 1)[1]
         if pid.isdigit() and not _running(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
+    for staged in Path(folder).glob(f"*{STAGED_MARK}*"):
+        shutil.rmtree(staged, ignore_errors=True)
+        removed.append(staged)
+    for old in Path(folder).glob(f"*{OLD_MARK}*"):
+        final = old.with_name(old.name.rsplit(OLD_MARK, 1)[0])
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+        else:
+            os.rename(old, final)
     return removed
 
 

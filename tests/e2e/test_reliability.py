@@ -143,6 +143,52 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_pat
     assert clean_orphans(folder) == [orphan] and not orphan.exists()
 
 
+def test_a_sharded_folder_set_aside_mid_swap_is_put_back_and_a_staged_one_dropped(tmp_path):
+    """swap_in_folder renames the old best.ckpt aside before the new one takes its name: a kill between the two
+    renames leaves best.ckpt.old-<N>, which the next run's setup puts back; a staged folder is incomplete."""
+    from lmforge.checkpoint_io import clean_orphans, swap_in_folder
+
+    def shard_folder(path: Path, step: int) -> Path:
+        path.mkdir()
+        (path / "__0_0.distcp").write_text(str(step))
+        return path
+
+    best = shard_folder(tmp_path / "best.ckpt", 10)
+    swap_in_folder(shard_folder(tmp_path / "best.ckpt.staged-20", 20), best)
+    assert (best / "__0_0.distcp").read_text() == "20" and sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+
+    best.rename(tmp_path / "best.ckpt.old-20")  # killed after the first rename
+    shard_folder(tmp_path / "best.ckpt.staged-30", 30)  # and while the next one was being written
+    clean_orphans(tmp_path)
+    assert (best / "__0_0.distcp").read_text() == "20" and sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+
+
+@pytest.mark.slow
+def test_fsdp_best_checkpoint_is_rewritten_by_a_swap_not_in_place(text_corpus):
+    proc = run_train(
+        [
+            *TINY,
+            *data(text_corpus),
+            "trainer=fsdp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.precision=32-true",
+            "trainer.val_check_interval=5",
+            "trainer.max_steps=15",
+            "callbacks.model_checkpoint.every_n_steps=null",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = run_dir_from_output(proc.stdout) / "checkpoints"
+    # val/loss falls at each of the 3 validations here (and the final one): best.ckpt is rewritten each time
+    val_losses = [float(r["val/loss"]) for r in metric_rows(folder.parent) if r.get("val/loss")]
+    assert len(val_losses) >= 3 and val_losses[:3] == sorted(val_losses[:3], reverse=True)
+    assert not [p.name for p in folder.iterdir() if ".staged-" in p.name or ".old-" in p.name]
+    meta = torch.load(folder / "best.ckpt" / "meta.pt", map_location="cpu", weights_only=True)
+    assert meta["global_step"] == 15  # the newest best, complete
+
+
 # ---------------------------------------------------------------- checkpoint mistakes
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lmforge.checkpoint_io import TMP_MARK, clean_orphans, fsync_folder
+from lmforge.checkpoint_io import STAGED_MARK, TMP_MARK, clean_orphans, fsync_folder, swap_in_folder
 
 LAST = "last.ckpt"
 STEP_PREFIX = "step-"
@@ -73,6 +73,22 @@ class RunCheckpoints(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and self.folder.is_dir():
             clean_orphans(self.folder)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Lightning's save of best.ckpt. A sharded one is a folder that torch distributed checkpointing would
+        rewrite in place (a kill mid-save would leave shards of two steps): it is written beside the old one and
+        swapped in once every rank has written its shards."""
+        final = Path(filepath)
+        if not _sharded(trainer) or not final.exists():
+            super()._save_checkpoint(trainer, filepath)
+            return
+        staged = final.with_name(f"{final.name}{STAGED_MARK}{trainer.global_step}")
+        super()._save_checkpoint(trainer, str(staged))
+        trainer.strategy.barrier()  # every rank's shards are in `staged`
+        if trainer.is_global_zero:
+            swap_in_folder(staged, final)
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
