@@ -17,6 +17,10 @@ from lmforge.errors import ConfigError
 # parameter name, which a resumed non-FSDP run could not load, so resume sharded checkpoints with trainer=fsdp.
 KEEP = ("state_dict", "lmforge", "epoch", "global_step", "pytorch-lightning_version")
 GIVE = "Give a .ckpt from <run dir>/checkpoints/ (last.ckpt: the newest state)."
+# The layout of the checkpoint's "lmforge" section (objectives/base.py writes it). A reader refuses a newer one
+# rather than misread it; raise it when the section changes in a way older readers would get wrong.
+FORMAT = 1
+SHARDED_META = "meta.pt"  # Lightning's file of the non-tensor state in a sharded folder
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -35,6 +39,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
             f"{_named(what, path)} was not written by lmforge (no 'lmforge' section); "
             "export checkpoints from <run dir>/checkpoints/."
         )
+    _check_format(ckpt["lmforge"], what, path)
     return ckpt
 
 
@@ -44,13 +49,19 @@ def check_resume_checkpoint(path: str | Path, objective: str, net: Mapping[str, 
     checkpoint says of itself: `step` (its global step) and `config` (the run config it was trained with), each
     None where a sharded folder does not say without reading its shards."""
     path = Path(path).expanduser()
-    if path.is_dir():  # sharded: Lightning reads its metadata with the shards
+    if path.is_dir():  # sharded: the shards hold the tensors, meta.pt the rest (the lmforge section, the step)
         _check_sharded_folder(path, "ckpt_path")
-        return {"step": None, "config": None}
-    ckpt = _load_file(path, "ckpt_path", mmap=True)
+        if not (path / SHARDED_META).is_file():
+            return {"step": None, "config": None}
+        ckpt = _load_file(path / SHARDED_META, "ckpt_path")
+        has_state = True
+    else:
+        ckpt = _load_file(path, "ckpt_path", mmap=True)
+        has_state = "state_dict" in ckpt
     meta = ckpt.get("lmforge")
-    if not isinstance(meta, dict) or "state_dict" not in ckpt:
+    if not isinstance(meta, dict) or not has_state:
         raise ConfigError(f"ckpt_path={str(path)!r} is not a training checkpoint written by lmforge. {GIVE}")
+    _check_format(meta, "ckpt_path", path)
     theirs, ours = meta.get("objective"), objective
     their_net, our_net = str(meta.get("net_class")), str(net.get("_target_"))
     if theirs != ours or not _same_class(their_net, our_net):
@@ -93,6 +104,15 @@ def _load_file(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise ConfigError(f"{_named(what, path)} holds a {type(ckpt).__name__}, not a checkpoint. {GIVE}")
     return ckpt
+
+
+def _check_format(meta: dict[str, Any], what: str, path: Path) -> None:
+    theirs = meta.get("format", 1)  # checkpoints from before the key are format 1
+    if not isinstance(theirs, int) or theirs > FORMAT:
+        raise ConfigError(
+            f"{_named(what, path)} was written by a newer lmforge (checkpoint format {theirs}; this one reads up to "
+            f"{FORMAT}). Update lmforge (git pull && pip install -e .) to read it."
+        )
 
 
 def _named(what: str, path: Path) -> str:

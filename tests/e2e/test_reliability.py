@@ -185,8 +185,13 @@ def test_fsdp_best_checkpoint_is_rewritten_by_a_swap_not_in_place(text_corpus):
     val_losses = [float(r["val/loss"]) for r in metric_rows(folder.parent) if r.get("val/loss")]
     assert len(val_losses) >= 3 and val_losses[:3] == sorted(val_losses[:3], reverse=True)
     assert not [p.name for p in folder.iterdir() if ".staged-" in p.name or ".old-" in p.name]
+    from lmforge.checkpoints import check_resume_checkpoint
+
     meta = torch.load(folder / "best.ckpt" / "meta.pt", map_location="cpu", weights_only=True)
     assert meta["global_step"] == 15  # the newest best, complete
+    # a sharded folder tells its step and run config from meta.pt, as a file does (resume=auto picks by step)
+    facts = check_resume_checkpoint(folder / "best.ckpt", "clm", meta["lmforge"]["config"]["model"]["net"])
+    assert facts["step"] == 15 and facts["config"]["trainer"]["max_steps"] == 15
 
 
 # ---------------------------------------------------------------- checkpoint mistakes
@@ -209,6 +214,10 @@ def mistakes(tmp: Path, good: Path, bert: Path) -> dict[str, tuple[Path, list[st
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     corrupt = tmp / "corrupt.ckpt"
     corrupt.write_bytes(os.urandom(4096))
+    newer = tmp / "newer.ckpt"
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    ckpt["lmforge"]["format"] += 1
+    torch.save(ckpt, newer)
     return {
         "missing": (tmp / "nope.ckpt", [], ["no such file"]),
         "a folder that is not one": (not_ckpt, [], ["is a folder but not a checkpoint"]),
@@ -217,10 +226,20 @@ def mistakes(tmp: Path, good: Path, bert: Path) -> dict[str, tuple[Path, list[st
         "corrupt": (corrupt, [], ["not a readable checkpoint"]),
         "another objective": (bert, [], ["holds a mlm checkpoint", "BERT", "this run's model is clm", "GPT"]),
         "another size": (good, ["model.net.n_layer=3"], ["model.net.n_layer=3 (the checkpoint has n_layer=2)"]),
+        "a newer format": (newer, [], ["written by a newer lmforge", "Update lmforge"]),
     }
 
 
-CASES = ["missing", "a folder that is not one", "empty", "truncated", "corrupt", "another objective", "another size"]
+CASES = [
+    "missing",
+    "a folder that is not one",
+    "empty",
+    "truncated",
+    "corrupt",
+    "another objective",
+    "another size",
+    "a newer format",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

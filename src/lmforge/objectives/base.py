@@ -166,7 +166,10 @@ class LMObjective(L.LightningModule):
 
     # -- checkpoints carry what they need to be exported and resumed --
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from lmforge.checkpoints import FORMAT
+
         checkpoint["lmforge"] = {
+            "format": FORMAT,
             "objective": self.name,
             "net_class": net_class_path(self.net),
             "net_config": cast(Net, self.net).config_dict(),
