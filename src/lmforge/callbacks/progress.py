@@ -1,11 +1,15 @@
-"""Lightning's RichProgressBar, with short metric names and a step-based description.
+"""Lightning's RichProgressBar, counting the run's optimizer steps, with short metric names.
 
-Shown: `loss` (train/loss), `val` (val/loss), `tok/s` (perf/tokens_per_sec), plus elapsed and
-remaining time. Lightning's own bar would say "Epoch 0/-2" for step-based training
-(max_epochs=-1) and show the logger version; neither helps.
+Shown: `loss` (train/loss), `val` (val/loss), `tok/s` (perf/tokens_per_sec), plus elapsed and remaining time.
+Lightning's own bar counts the batches of the current epoch (233/369 in a run of 800 steps over several passes of
+a small corpus, and with gradient accumulation a batch is not a step), says "Epoch 0/-2" for step-based training
+(max_epochs=-1) and shows the logger version. Here the bar is the run: global_step of trainer.max_steps (664/800),
+across epochs and after a resume, so its remaining time is the run's.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
 
@@ -13,6 +17,35 @@ SHORT_NAMES = {"train/loss": "loss", "val/loss": "val", "perf/tokens_per_sec": "
 
 
 class RunProgressBar(RichProgressBar):
+    def _counts_steps(self) -> bool:
+        return self.trainer.max_epochs in (None, -1) and (self.trainer.max_steps or 0) > 0
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._counts_steps() else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._counts_steps() and self.progress is not None and self.train_progress_bar_id is not None:
+            # start from the steps already done (a resumed run, a later epoch); reset also clears rich's speed
+            # samples, so a resume's jump to its step is not taken for speed
+            self.progress.reset(
+                self.train_progress_bar_id,
+                total=trainer.max_steps,
+                completed=trainer.global_step,
+                description=self._get_train_description(trainer.current_epoch),
+                visible=True,
+            )
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._counts_steps():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # Lightning's case: resumed mid-epoch
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
