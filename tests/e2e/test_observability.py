@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -220,3 +221,31 @@ def test_wandb_online_without_network_falls_back_to_offline(text_corpus, monkeyp
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert json.loads((run_dir / "wandb/run.json").read_text())["mode"] == "offline"
     assert f"wandb sync {offline}" in proc.stdout
+
+
+def test_no_step_between_logging_steps_reads_a_value_off_the_device(text_corpus, tmp_path, monkeypatch):
+    """On a GPU every `.item()`, `float(t)`, `bool(t)` of a device tensor waits for the device. The default run
+    (its callbacks: throughput, progress bar, samples, emissions, checkpoints; W&B and CSV loggers) reads values only
+    in the logging steps; counted on CPU, where the same calls happen (tests/e2e/count_host_reads.py)."""
+    reads = tmp_path / "reads.json"
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    proc = run_train(
+        [
+            *TINY,
+            "data=text",
+            f"data.path={text_corpus}",
+            "trainer.max_steps=30",
+            "trainer.log_every_n_steps=5",
+            "trainer.val_check_interval=30",
+            "+callbacks.count_host_reads._target_=count_host_reads.HostReads",
+            f"+callbacks.count_host_reads.out={reads}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counted = json.loads(reads.read_text())
+    per_step = {int(k): v for k, v in counted["per_step"].items()}
+    assert sorted(per_step) == list(range(1, 31))
+    syncing = {step: counted["sites"][str(step)] for step, n in per_step.items() if n and step % 5}
+    assert not syncing, f"host reads outside the logging steps: {syncing}"
+    assert all(per_step[step] > 0 for step in (5, 10, 15, 20, 25))  # the counter sees the reads that are there

@@ -4,7 +4,8 @@ Shown: `loss` (train/loss), `val` (val/loss), `tok/s` (perf/tokens_per_sec), plu
 Lightning's own bar counts the batches of the current epoch (233/369 in a run of 800 steps over several passes of
 a small corpus, and with gradient accumulation a batch is not a step), says "Epoch 0/-2" for step-based training
 (max_epochs=-1) and shows the logger version. Here the bar is the run: global_step of trainer.max_steps (664/800),
-across epochs and after a resume, so its remaining time is the run's.
+across epochs and after a resume, so its remaining time is the run's. Its numbers change at the logging steps
+(trainer.log_every_n_steps), when they are read from the device anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
+
+from lmforge.log_steps import is_log_step
 
 SHORT_NAMES = {"train/loss": "loss", "val/loss": "val", "perf/tokens_per_sec": "tok/s"}
 
@@ -44,11 +47,20 @@ class RunProgressBar(RichProgressBar):
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()  # Lightning's case: resumed mid-epoch
         self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
+        # The numbers shown are read from the device (Lightning turns logged tensors into floats): only in the steps
+        # that write metrics anyway, not in every step (lmforge/log_steps.py)
+        if is_log_step(trainer, trainer.global_step) or trainer.should_stop:
+            self._update_metrics(trainer, pl_module)
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        # logged without prog_bar (Lightning would read those from the device after every batch): read here, in the
+        # steps the bar updates its numbers
+        for key in SHORT_NAMES:
+            value = trainer.callback_metrics.get(key)
+            if key not in items and value is not None and value.numel() == 1:
+                items[key] = value.item()
         out = {}
         for key, value in items.items():
             short = SHORT_NAMES.get(key, key)

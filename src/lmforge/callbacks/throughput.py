@@ -6,7 +6,9 @@ table has no such names), so it reports no MFU there; (b) counts the first steps
 torch.compile, cuDNN autotuning and the allocator warm up; (c) counts what runs between
 training steps inside fit (checkpoints, generated samples) as training time; and (d) logs under
 `train|device/...` names, not ours. This callback times training steps only: it drops the first
-`warmup_steps` optimizer steps and restarts its clock after every validation.
+`warmup_steps` optimizer steps and restarts its clock after every validation. It reads the clock only where
+an interval closes, at the logging steps (trainer.log_every_n_steps) and the pauses: on a GPU reading it means
+waiting for the device, which the steps in between never do.
 
 Per device and in total: `perf/device/*` is what one device does, `perf/*` the sum over devices
 (the per-device rate measured on this rank times the world size, as `Throughput` assumes).
@@ -15,7 +17,7 @@ Per device and in total: `perf/device/*` is what one device does, `perf/*` the s
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -23,7 +25,23 @@ import torch
 from lightning.fabric.utilities.throughput import Throughput
 
 from lmforge.flops import training_flops
+from lmforge.log_steps import is_log_step
 from lmforge.perf import DevicePeak, memory_gb, resolve_peak
+
+
+@dataclass
+class _Counts:
+    batches: int = 0
+    samples: int = 0
+    tokens: int = 0
+    flops: int = 0
+    steps_done: int = 0  # optimizer steps of the session at the interval's last batch
+
+    def add(self, ids: torch.Tensor, flops: int | None) -> None:
+        self.batches += 1
+        self.samples += ids.shape[0]
+        self.tokens += ids.numel()
+        self.flops += flops or 0
 
 
 class ThroughputMFU(L.Callback):
@@ -31,20 +49,23 @@ class ThroughputMFU(L.Callback):
 
     summary_key = "perf"
 
-    def __init__(self, warmup_steps: int = 5, window: int = 10, peak_flops: float | None = None, prog_bar: bool = True):
+    def __init__(self, warmup_steps: int = 5, window: int = 3, peak_flops: float | None = None):
         """warmup_steps: optimizer steps left out of every figure (compile, autotune, allocator warm-up).
-        window: training batches the logged rates average over. peak_flops: FLOP/s of one device,
-        to override the table / CPU estimate (MFU = achieved / peak)."""
+        window: logging points the logged rates span (at least 2: the rate over the last log_every_n_steps steps).
+        peak_flops: FLOP/s of one device, to override the table / CPU estimate (MFU = achieved / peak)."""
         if warmup_steps < 0 or window < 2:
             raise ValueError(f"warmup_steps must be >= 0 and window >= 2, got {warmup_steps} and {window}")
-        self.warmup_steps, self.window, self.peak_override, self.prog_bar = warmup_steps, window, peak_flops, prog_bar
+        self.warmup_steps, self.window, self.peak_override = warmup_steps, window, peak_flops
         self.peak: DevicePeak | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.throughput: Throughput | None = None
-        self._mark: float | None = None  # clock at the end of the last timed batch; None after a pause
+        self._mark: float | None = None  # clock at the start of the open interval; None while paused
         self._start_step = 0
+        self._warm = False  # the warm-up steps of this session are behind
+        self._pending = _Counts()  # batches of the open interval, counted from shapes (no device reads)
+        self._last_seen_step = -1
         self.warmup_time = 0.0
         self.time = 0.0  # timed training seconds after warm-up
         self.steps = self.batches = self.samples = self.tokens = self.flops = 0
@@ -67,48 +88,76 @@ class ThroughputMFU(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step  # a resumed run warms up again from where it resumed
+        self._warm = self.warmup_steps == 0
 
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # kernels are asynchronous: wait, or the clock lies
         return time.perf_counter()
 
-    # -- timing --
+    # -- timing: the clock is read where an interval closes (a logging step, a pause), never in the steps between,
+    # where on a GPU reading it would wait for the device --
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         if self._mark is None:
             self._mark = self._now()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._mark = None  # validation, checkpoints and samples are not training time
+        self._pause()  # validation, checkpoints and samples are not training time
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._mark = None  # nor is writing a checkpoint between training steps (every_n_train_steps)
+        self._pause()  # nor is writing a checkpoint between training steps (every_n_train_steps)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._pause()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._mark is None or self.throughput is None:
             return
-        now = self._now()
-        elapsed, self._mark = now - self._mark, now
-        if trainer.global_step - self._start_step <= self.warmup_steps:
-            self.warmup_time += elapsed
+        done = trainer.global_step - self._start_step
+        if not self._warm:
+            if done >= self.warmup_steps:  # the last warm-up step: its time is warm-up, the clock restarts
+                now = self._now()
+                self.warmup_time += now - self._mark
+                self._mark, self._warm = now, True
             return
-        ids = batch["input_ids"]
         flops = training_flops(getattr(pl_module, "net", pl_module), batch)
         self.flops_known = self.flops_known and flops is not None
-        self.time += elapsed
-        self.steps = trainer.global_step - self._start_step - self.warmup_steps
-        self.batches += 1
-        self.samples += ids.shape[0]
-        self.tokens += ids.numel()
-        self.flops += flops or 0
-        self.throughput.update(
-            time=self.time,
-            batches=self.batches,
-            samples=self.samples,
-            lengths=self.tokens,
-            flops=flops if self.flops_known else None,
-        )
-        self._log(pl_module, self.throughput.compute(), trainer.accumulate_grad_batches)
+        self._pending.add(batch["input_ids"], flops)
+        self._pending.steps_done = done
+        stepped, self._last_seen_step = trainer.global_step != self._last_seen_step, trainer.global_step
+        if stepped and is_log_step(trainer, trainer.global_step):
+            interval = self._close_interval()
+            self.throughput.update(
+                time=self.time,
+                batches=self.batches,
+                samples=self.samples,
+                lengths=self.tokens,
+                flops=interval.flops if self.flops_known else None,  # Throughput takes the FLOPs since its last update
+            )
+            self._log(pl_module, self.throughput.compute(), trainer.accumulate_grad_batches)
+
+    def _close_interval(self) -> _Counts:
+        """Add the open interval to the totals and start the next one now; returns the interval's counts."""
+        interval, self._pending = self._pending, _Counts()
+        if self._mark is None:
+            return interval
+        now = self._now()
+        if interval.batches:
+            self.time += now - self._mark
+            self.batches += interval.batches
+            self.samples += interval.samples
+            self.tokens += interval.tokens
+            self.flops += interval.flops
+            self.steps = interval.steps_done - self.warmup_steps
+        self._mark = now
+        return interval
+
+    def _pause(self) -> None:
+        if self._warm:
+            self._close_interval()
+        elif self._mark is not None:
+            self.warmup_time += self._now() - self._mark
+        self._mark = None
 
     def _log(self, pl_module: L.LightningModule, m: dict[str, float], accumulate: int) -> None:
         ws = self.world_size
@@ -128,9 +177,8 @@ class ThroughputMFU(L.Callback):
             values["perf/device/flops_per_sec"] = m["device/flops_per_sec"]
         if "device/mfu" in m:
             values["perf/mfu"] = m["device/mfu"]
-        for key, value in values.items():
-            show = self.prog_bar and key == "perf/tokens_per_sec"
-            pl_module.log(key, float(value), on_step=True, on_epoch=False, prog_bar=show, rank_zero_only=True)
+        for key, value in values.items():  # the progress bar reads perf/tokens_per_sec itself (callbacks/progress.py)
+            pl_module.log(key, float(value), on_step=True, on_epoch=False, rank_zero_only=True)
 
     # -- summary.json --
     def summary(self) -> dict[str, Any]:

@@ -19,11 +19,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
+from lmforge.log_steps import is_log_step
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
-
-# Lightning's log_every_n_steps when a run turns logging off (0): how often the loss is still checked for NaN.
-CHECK_EVERY_WITHOUT_LOGS = 50
 
 
 class LMObjective(L.LightningModule):
@@ -85,8 +83,11 @@ class LMObjective(L.LightningModule):
         loss, _ = self.loss(batch)
         self._stop_if_loss_diverged(loss)
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size  # shapes only: no device sync
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self._current_lr(), prog_bar=False)
+        # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a device sync per step;
+        # the progress bar reads train/loss itself at the logging steps (callbacks/progress.py).
+        self.log("train/loss", loss)
+        if self._at_log_step():  # a float logged is copied to the device: only where it is written
+            self.log("lr", self._current_lr())
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -103,9 +104,7 @@ class LMObjective(L.LightningModule):
         """True in the optimizer step whose metrics Lightning writes to the loggers: its own rule, `(steps done + 1)
         % trainer.log_every_n_steps == 0` (steps done is the fit loop's `_batches_that_stepped`, which is
         `global_step` with one optimizer)."""
-        # Lightning's logger connector sets log_every_n_steps on the Trainer; the class does not declare it
-        every = self.trainer.log_every_n_steps or CHECK_EVERY_WITHOUT_LOGS  # type: ignore[attr-defined]
-        return (self.trainer.global_step + 1) % every == 0
+        return is_log_step(self.trainer, self.trainer.global_step + 1)
 
     def _stop_if_loss_diverged(self, loss: torch.Tensor) -> None:
         # Reading the loss on the host waits for the device, so it is read only at logging steps (when Lightning

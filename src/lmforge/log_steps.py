@@ -1,0 +1,24 @@
+"""Which optimizer steps write metrics: the one rule that the objectives, the throughput callback and the progress
+bar share, so that everything read from the device (the loss for the NaN check, grad-norm, throughput timing on a
+GPU, the progress bar's numbers) is read in the same steps, and the steps in between never wait for the device.
+
+It is Lightning's rule: the step numbered N (counting from 1) writes to the loggers when N % log_every_n_steps == 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Lightning's log_every_n_steps when a run turns logging off (0): how often the loss is still checked for NaN.
+CHECK_EVERY_WITHOUT_LOGS = 50
+
+
+def log_interval(trainer: Any) -> int:
+    # Lightning's logger connector sets log_every_n_steps on the Trainer; the class does not declare it
+    return int(getattr(trainer, "log_every_n_steps", 0) or CHECK_EVERY_WITHOUT_LOGS)
+
+
+def is_log_step(trainer: Any, step: int) -> bool:
+    """Whether optimizer step number `step` (1 for the first) writes metrics. In training_step the step being
+    taken is `global_step + 1`; in on_train_batch_end, after the optimizer stepped, it is `global_step`."""
+    return step > 0 and step % log_interval(trainer) == 0
