@@ -6,6 +6,7 @@ import functools
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import fit_then_validate
@@ -15,6 +16,7 @@ from lmforge.data.instructions import InstructionExample, InstructionsDataModule
 from lmforge.data.reverse_words import ReverseWords
 from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.objectives.losses import IGNORE_INDEX
 from lmforge.objectives.schedules import warmup_cosine
 from lmforge.objectives.sft import InstructionCollator, SupervisedFineTuning
@@ -28,9 +30,10 @@ def example(prompt: list[int], response: list[int]) -> InstructionExample:
     return InstructionExample(ids, trained, len(prompt))
 
 
-def tiny_sft(vocab: int = 32, lr: float = 3e-3, steps: int = 100, **kw) -> SupervisedFineTuning:
+def tiny_sft(vocab: int = 32, lr: float = 3e-3, family: str = "gpt", **kw) -> SupervisedFineTuning:
     torch.manual_seed(0)
-    net = GPT(vocab_size=vocab, max_seq_len=64, n_layer=2, n_head=2, d_model=64)
+    cls = {"gpt": GPT, "llama": Llama}[family]
+    net = cls(vocab_size=vocab, max_seq_len=64, n_layer=2, n_head=2, d_model=64)
     return SupervisedFineTuning(
         net,
         functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
@@ -51,8 +54,9 @@ def test_prompt_and_padding_labels_are_ignored_and_responses_keep_their_ids():
     assert batch["num_tokens"] == 9  # real tokens, not the 12 of the padded batch
 
 
-def test_prompt_tokens_never_contribute_and_the_loss_is_token_weighted():
-    model = tiny_sft()
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_prompt_tokens_never_contribute_and_the_loss_is_token_weighted(family):
+    model = tiny_sft(family=family)
     a, b = example([3, 4, 5, 6], [7, 8, 9, 10, 11, 2]), example([3], [12, 2])
     batch = InstructionCollator(PAD, 5)([a, b])
     loss, n = model.loss(batch)
