@@ -98,6 +98,7 @@ def greedy_answer(run_dir, prompt: str, max_new: int) -> str:
     return tok.decode(new[: new.index(eos)] if eos in new else new)
 
 
+@pytest.mark.slow  # a second training run
 def test_a_causal_lm_run_continues_the_prompt_as_text(text_corpus):
     proc = run_train(
         [

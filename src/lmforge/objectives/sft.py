@@ -102,7 +102,7 @@ class SupervisedFineTuning(CausalLM):
         self.eos_id: int | None = None
 
     def batch_builder(self, seq_len: int, special_ids: dict[str, int], tokenizer=None) -> SFTBatches:
-        self.eos_id = special_ids["eos"]
+        self.eos_id = special_ids["eos"]  # where exact-match decoding stops: the id of the eos the batches end with
         return SFTBatches(block_len=seq_len, eos_id=special_ids["eos"], pad_id=special_ids["pad"])
 
     def batch_tokens(self, batch) -> int:
