@@ -38,6 +38,7 @@ REQUIRED = {
     ("data", "jsonl"): ["data.path=unused"],
     ("data", "hf"): ["data.path=unused"],
     ("data", "pairs"): ["data.path=unused.jsonl"],
+    ("data", "instructions"): ["data.path=unused.jsonl"],
     ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"],
 }
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]

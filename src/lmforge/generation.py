@@ -13,7 +13,7 @@ are thin wrappers over these functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -61,13 +61,21 @@ def sample(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    stop_ids: Sequence[int] | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """`input_ids` (batch, time) continued by up to `max_new_tokens` tokens, stopping at the net's context.
     temperature 0 is greedy; top_k keeps the k most likely tokens, top_p the fewest whose probability reaches
-    top_p (nucleus sampling; None or 1.0: all), applied in that order as Hugging Face does."""
+    top_p (nucleus sampling; None or 1.0: all), applied in that order as Hugging Face does.
+
+    `stop_ids` (e.g. eos): decoding ends once every row has produced one of them (a row that stopped early goes
+    on producing tokens until all have: callers cut each row at its first stop token). `on_token` is called with
+    each new column of tokens (batch, 1) as it is produced: streaming to a terminal."""
     if not isinstance(net, CausalNet):
         raise TypeError(f"generation.sample needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
-    return _continue(net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, prefix=False)
+    return _continue(
+        net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, False, stop_ids, on_token
+    )
 
 
 def sample_after_prefix(
@@ -79,6 +87,8 @@ def sample_after_prefix(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    stop_ids: Sequence[int] | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """As `sample`, for a prefix LM (lmforge.objectives.prefix_lm): `input_ids` (batch, time >= 1) are read as the
     prefix, every prompt token seeing every other, and continued causally. With the cache, the first call encodes the
@@ -89,7 +99,9 @@ def sample_after_prefix(
         raise TypeError(f"sample_after_prefix needs a decoder-only net (protocols.CausalNet), not {type(net).__name__}")
     if input_ids.size(1) < 1:
         raise ValueError("sample_after_prefix needs a prefix of at least one token")
-    return _continue(net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, prefix=True)
+    return _continue(
+        net, input_ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache, True, stop_ids, on_token
+    )
 
 
 def _continue(
@@ -102,6 +114,8 @@ def _continue(
     generator: torch.Generator | None,
     use_cache: bool,
     prefix: bool,
+    stop_ids: Sequence[int] | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The decoding loop of `sample` and `sample_after_prefix`; with `prefix`, the prompt is read under the
     prefix-LM mask (by the first cached call, or by every recomputation)."""
@@ -113,6 +127,8 @@ def _continue(
         return {"attn_mask": decoder_mask(length, input_ids.device, prefix_len=prefix_len)} if prefix else {}
 
     max_new_tokens = min(max_new_tokens, cast(CausalNet, net).max_seq_len - n_prompt)
+    stops = torch.tensor(list(stop_ids), device=input_ids.device) if stop_ids else None
+    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     with decoding(net):
         out, cache, step_input = input_ids, None, input_ids
         for _ in range(max(0, max_new_tokens)):
@@ -123,6 +139,12 @@ def _continue(
                 logits = net(out, **mask(out.size(1)))
             step_input = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
             out = torch.cat([out, step_input], dim=1)
+            if on_token is not None:
+                on_token(step_input)
+            if stops is not None:  # one host read per step, only when asked to stop
+                done |= torch.isin(step_input[:, 0], stops)
+                if bool(done.all()):
+                    break
     return out.clone()  # cloned outside inference mode: an ordinary tensor, usable anywhere (e.g. in autograd)
 
 

@@ -188,3 +188,13 @@ class MakesPairBatches(Protocol):
     (`block_len`, for token budgets)."""
 
     def pair_collator(self, max_source_len: int, max_target_len: int, block_len: int = 0) -> BatchBuilder: ...
+
+
+@runtime_checkable
+class MakesInstructionBatches(Protocol):
+    """A batch builder that can also collate instruction examples (data=instructions): the SFT objective's. The
+    instructions data module hands the collator `InstructionExample`s (lmforge.data.instructions: token ids, which
+    of them are trained on, where the last response starts) and tells it the tokens of an average example
+    (`block_len`, for token budgets)."""
+
+    def instruction_collator(self, block_len: int) -> BatchBuilder: ...

@@ -69,6 +69,11 @@ class LMObjective(L.LightningModule):
     def sample_texts(self, tokenizer, **kwargs) -> list[str]:
         return []
 
+    def batch_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Input tokens of a batch, for tokens_seen: from shapes only (no device sync). A padded batch's builder
+        may count its real tokens on the host and pass them as `num_tokens` (objectives/sft.py)."""
+        return batch["input_ids"].numel()
+
     # -- training --
     def configure_model(self) -> None:
         # Activation checkpointing, torch.compile, FSDP2 sharding per transformer block, meta-device materialisation.
@@ -82,7 +87,7 @@ class LMObjective(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(batch)
         self._stop_if_loss_diverged(loss)
-        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size  # shapes only: no device sync
+        self.tokens_seen += self.batch_tokens(batch) * self.trainer.world_size
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a device sync per step;
         # the progress bar reads train/loss itself at the logging steps (callbacks/progress.py).
         self.log("train/loss", loss)
