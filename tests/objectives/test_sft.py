@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 import pytest
@@ -112,9 +111,7 @@ def test_a_tiny_model_learns_to_reverse_two_words_to_exact_match(tmp_path):
     dm = reverse_words_data(tmp_path, 600, 32)
     model = tiny_sft(vocab=dm.vocab_size, lr=3e-3, exact_match_samples=32)
     dm.set_batch_builder(model.batch_builder(48, dm.special_ids))
-    started = time.time()
     trainer = fit_then_validate(model, dm.train_dataloader(), dm.val_dataloader(), steps=300, root=tmp_path)
     m = trainer.callback_metrics
     assert float(m["val/exact_match"]) >= 0.95, (float(m["val/exact_match"]), float(m["val/loss"]))
     assert float(m["val/loss"]) < 0.1
-    assert time.time() - started < 120
