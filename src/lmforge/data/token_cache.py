@@ -88,7 +88,7 @@ def split_labels(hashes: np.ndarray, val_fraction: float, test_fraction: float =
     if n < held + 1:
         names = "train/validation" + ("/test" if test_fraction > 0 else "")
         raise DataError(
-            f"the corpus has {n} document(s); a {names} split needs at least {held + 1}. "
+            f"the corpus has fewer than {held + 1} documents ({n}); a {names} split needs at least {held + 1}. "
             "Add text, or split your file into several files."
         )
     n_val = min(n - held, max(1, round(n * val_fraction))) if val_fraction > 0 else 0
