@@ -161,3 +161,31 @@ def test_without_best_ckpt_the_last_weights_are_tested_and_test_false_skips(text
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((run_dir_from_output(proc.stdout) / "summary.json").read_text())
     assert "test" not in s and "test/loss" not in s["metrics"] and s["data"]["test_tokens"] > 0
+
+
+def reversal_pairs_file(path: Path, n: int, seed: int) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]
+            f.write(json.dumps({"source": " ".join(words), "target": " ".join(reversed(words))}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_pairs_test_split_reports_bleu_after_fit_and_in_evaluate(tmp_path):
+    train = reversal_pairs_file(tmp_path / "pairs.jsonl", 400, seed=0)
+    test = reversal_pairs_file(tmp_path / "test.jsonl", 30, seed=1)
+    args = ["model=t5_tiny", *[a for a in TINY if not a.startswith("model=")], "data=pairs", f"data.path={train}"]
+    proc = run_train([*args, f"data.test_path={test}", "trainer.max_steps=10", "logger=none"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = run_dir_from_output(proc.stdout)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert {"test/loss", "test/ppl", "test/bleu"} <= set(s["metrics"]) and s["test"]["step"] == 10
+    proc = run_evaluate([str(run_dir)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["metrics"]["test/loss"] == pytest.approx(s["metrics"]["test/loss"], abs=1e-4)
+    assert result["metrics"]["test/bleu"] == pytest.approx(s["metrics"]["test/bleu"], abs=1e-4)
