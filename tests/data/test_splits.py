@@ -156,3 +156,20 @@ def test_pairs_test_split_by_pair_shares_the_mechanism_and_keeps_old_entries(tmp
     assert both.cache is not None and both.cache.meta["pairs"] == {"train": 180, "val": 5, "test": 20}
     with pytest.raises(ConfigError, match="both set"):
         pairs_data(path, tmp_path / "cache", test_fraction=0.1, test_path=str(test_file))
+
+
+def test_test_path_reads_the_same_kind_of_corpus(tmp_path):
+    """data.test_path is read as data.path is: JSONL with its text field, a Hugging Face dataset with its settings."""
+    from lmforge.data.hf_datasets import HFDataset
+    from lmforge.data.jsonl import JsonlFiles
+
+    rows = [{"body": {"text": f"line {i} of the held out file"}} for i in range(3)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = JsonlFiles(str(tmp_path / "train.jsonl"), text_field="body.text")
+    held = corpus.at(str(tmp_path / "test.jsonl"))
+    assert isinstance(held, JsonlFiles) and held.path.endswith("test.jsonl") and corpus.path.endswith("train.jsonl")
+    assert [d.text for d in held.documents()] == [r["body"]["text"] for r in rows]
+    pytest.importorskip("datasets")
+    hf = HFDataset(str(tmp_path / "train.jsonl"), text_field="body.text", cache_dir=str(tmp_path / "hf"))
+    held_hf = hf.at(str(tmp_path / "test.jsonl"))
+    assert held_hf.text_field == "body.text" and held_hf.path.endswith("test.jsonl")
