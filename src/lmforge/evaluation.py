@@ -71,7 +71,8 @@ def test_after_fit(
     """Score the best checkpoint on the test split once fit completed; summary.json's "test" section (None: no
     test). The test/* metrics stay in the trainer's metrics (and went to the loggers), where the summary reads
     them; the final validation's metrics, which trainer.test() clears, are moved into `outcome.metrics` first.
-    Never raises: an error is put in the outcome, as fit's are, and re-raised once summary.json is written."""
+    Never raises: an error is put in the outcome (status "failed"), as fit's are, and re-raised once summary.json is
+    written."""
     mode = test_mode(cfg)
     if mode is False or outcome.status != "completed" or outcome.exception is not None:
         return None
@@ -97,14 +98,16 @@ def test_after_fit(
                 del ckpt
                 trainer.test(model, datamodule=datamodule, verbose=False)
     except BaseException as e:
-        outcome.error, outcome.exception = f"{type(e).__name__}: {e}", e
+        outcome.status, outcome.error, outcome.exception = "failed", f"{type(e).__name__}: {e}", e
         return {"error": outcome.error}
     finally:
         model.tokens_seen = tokens_seen
     metrics = scalar_metrics(trainer, "test/")
     facts = datamodule.summary_facts()
     section = {
-        "checkpoint": str(best.relative_to(run_dir)) if best is not None and best.is_relative_to(run_dir) else best,
+        "checkpoint": None
+        if best is None
+        else str(best.relative_to(run_dir) if best.is_relative_to(run_dir) else best),
         "step": step,
         "tokens": facts["data"].get("test_tokens"),
         "unigram_test_loss": facts["baseline"].get("unigram_test_loss"),
