@@ -140,6 +140,7 @@ def test_evaluate_bad_input_is_named(tested_run, tmp_path):
     assert proc.returncode == 2 and "evaluate takes overrides of the data keys" in proc.stderr
 
 
+@pytest.mark.slow  # two train.py start-ups: ~35 s on the shared CPU
 def test_test_true_without_a_test_split_stops_before_compute(text_corpus):
     proc = run_train([*TINY, "data=text", f"data.path={text_corpus}", "test=true", "logger=none"])
     assert proc.returncode == 2
