@@ -198,3 +198,15 @@ class MakesInstructionBatches(Protocol):
     (`block_len`, for token budgets)."""
 
     def instruction_collator(self, block_len: int) -> BatchBuilder: ...
+
+
+@runtime_checkable
+class HasTestSplit(Protocol):
+    """A data module that can hold a test split (data.test_fraction / data.test_path): `has_test` says whether this
+    one does, once built, and `test_dataloader()` serves it. lmforge.train tests the best checkpoint on it after fit
+    (test=auto|true); `python -m lmforge.evaluate` scores a finished run on it."""
+
+    @property
+    def has_test(self) -> bool: ...
+
+    def test_dataloader(self) -> Any: ...

@@ -37,6 +37,7 @@ from lmforge.console import log, say
 from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
 from lmforge.errors import ConfigError, LmforgeError, folder_error
+from lmforge.evaluation import check_test_config, test_after_fit
 from lmforge.init_from import check_vocab_fits, load_init_net
 from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
@@ -236,6 +237,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)  # every problem of the typed keys at once
+    check_test_config(cfg)  # test=true needs a test split (data.test_fraction / data.test_path)
     # ckpt_path, or the newest checkpoint of a run this folder already holds (resume=auto); checked before compute
     resumed = plan_resume(cfg, objective_class(cfg).name)
     scale_options = ScaleOptions.from_config(cfg)
@@ -273,6 +275,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         header["emissions"] = {"estimate": estimate}
 
     outcome = fit(cfg, trainer, callbacks, model, datamodule)
+    # the best checkpoint scored on the test split (test=auto|true): test/* metrics and summary.json's "test"
+    tested = test_after_fit(cfg, trainer, callbacks, model, datamodule, outcome, run_dir)
+    if tested is not None:
+        header["test"] = tested
     try:
         summary = summarize(header, outcome, trainer, callbacks, model, started)
         if trainer.is_global_zero:

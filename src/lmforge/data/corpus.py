@@ -9,11 +9,13 @@ What any corpus provides (text files here, `jsonl.py`, `hf_datasets.py`):
   fingerprint()  a hash of the content, so any edit invalidates the caches built from it
   documents()    an iterator of `Document`s, in a fixed order
   size_bytes()   about how much text there is (to sample a slice for tokenizer training)
+  at(path)       the same kind of corpus at another path (data.test_path)
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import glob as globlib
 import gzip
 import hashlib
@@ -260,6 +262,12 @@ class LocalFiles:
 
     def _fingerprint_extra(self) -> str:
         return f":{self.errors}"
+
+    def at(self, path: str):
+        """The same kind of corpus, read from another `path` (data.test_path: a test split of its own)."""
+        other = copy.copy(self)
+        other.path, other._files, other._fingerprint = path, None, None
+        return other
 
 
 class TextFiles(LocalFiles):

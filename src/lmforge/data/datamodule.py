@@ -26,8 +26,9 @@ __all__ = ["BatchBuilder", "LMDataModule", "TokenBlocks", "data_facts"]
 
 
 def data_facts(corpus_name: str, meta: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The "data" and "baseline" sections of summary.json, from a token cache's meta.json (streams and pairs alike)."""
-    return {
+    """The "data" and "baseline" sections of summary.json, from a token cache's meta.json (streams and pairs alike);
+    test_tokens and unigram_test_loss only when there is a test split."""
+    facts: dict[str, Any] = {
         "data": {
             "corpus": corpus_name,
             "train_tokens": meta["tokens"]["train"],
@@ -36,6 +37,10 @@ def data_facts(corpus_name: str, meta: dict[str, Any], vocab_size: int) -> dict[
         },
         "baseline": {"unigram_val_loss": meta["unigram_val_loss"]},
     }
+    if "test" in meta["tokens"]:
+        facts["data"]["test_tokens"] = meta["tokens"]["test"]
+        facts["baseline"]["unigram_test_loss"] = meta["unigram_test_loss"]
+    return facts
 
 
 class LMDataModule(L.LightningDataModule):
@@ -57,6 +62,8 @@ class LMDataModule(L.LightningDataModule):
         path: str | None = None,  # the corpus location (data.path); read by `corpus` (see conf/data)
         text_field: str | None = None,  # the text field of JSONL / HF corpora; read by `corpus`
         document_mask: bool = False,  # keep packed documents apart: handed to the batch builder (set_batch_builder)
+        test_fraction: float = 0.0,  # share of documents held out for a test split (0: none)
+        test_path: str | None = None,  # or a test split of its own: the same kind of corpus at this path
     ):
         super().__init__()
         if seq_len < 2:
@@ -72,6 +79,7 @@ class LMDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.token_dtype, self.shard_tokens = token_dtype, shard_tokens
         self.document_mask = document_mask
+        self.test_fraction, self.test_path = test_fraction, test_path
         self.tokenizer: Any = None  # a tokenizers.Tokenizer, once build() ran
         self.tokenizer_path: Path | None = None
         self.cache: TokenCache | None = None
@@ -104,11 +112,18 @@ class LMDataModule(L.LightningDataModule):
             self.cache_dir,
             dtype=self.token_dtype,
             shard_tokens=self.shard_tokens,
+            test_fraction=self.test_fraction,
+            test_corpus=self.corpus.at(self.test_path) if self.test_path else None,
         )
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
+
+    @property
+    def has_test(self) -> bool:
+        """Whether a test split exists (data.test_fraction > 0 or data.test_path): test_dataloader() serves it."""
+        return "test" in self._cache().meta["tokens"]
 
     def summary_facts(self) -> dict[str, Any]:
         return data_facts(self.corpus.name, self._cache().meta, self.vocab_size)
@@ -132,7 +147,7 @@ class LMDataModule(L.LightningDataModule):
                 )
             builder = builder.with_document_mask()
         self.batch_builder = builder
-        for split in ("train", "val"):
+        for split in ("train", "val", "test")[: 3 if self.has_test else 2]:
             n = self._cache().meta["tokens"][split]
             if n < builder.block_len:
                 raise DataError(
@@ -198,5 +213,17 @@ class LMDataModule(L.LightningDataModule):
             shuffle=False,
             drop_last=False,
             collate_fn=BatchCollator(self._collate("val"), self.seed),
+            **self._loader_kwargs(),
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.has_test:
+            raise ConfigError("there is no test split: set data.test_fraction (e.g. 0.05) or data.test_path.")
+        return DataLoader(
+            self._dataset("test"),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=BatchCollator(self._collate("test"), self.seed),
             **self._loader_kwargs(),
         )

@@ -8,6 +8,7 @@ network once; `datasets` caches it under `data.corpus.cache_dir`). Each row is a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,12 @@ class HFDataset:
         self.data_files, self.revision, self.cache_dir = data_files, revision, cache_dir
         self._dataset = None
         self._local_files: list[Path] = []
+
+    def at(self, path: str) -> HFDataset:
+        """The same dataset settings read from another `path` (data.test_path)."""
+        other = copy.copy(self)
+        other.path, other._dataset, other._local_files = path, None, []
+        return other
 
     @property
     def name(self) -> str:

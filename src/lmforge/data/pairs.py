@@ -31,7 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
-from lmforge.data.token_cache import split_of, token_dtype
+from lmforge.data.token_cache import splits_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
 from lmforge.protocols import MakesPairBatches
@@ -124,9 +124,11 @@ class PairsFile:
         source_field: str = "source",
         target_field: str = "target",
         errors: str = "strict",
+        test_path: str | None = None,
     ):
         self.path = Path(path).expanduser()
         self.val_path = Path(val_path).expanduser() if val_path else None
+        self.test_path = Path(test_path).expanduser() if test_path else None
         self.format, self.source_field, self.target_field, self.errors = format, source_field, target_field, errors
         self.name = str(self.path) if self.val_path is None else f"{self.path} + {self.val_path}"
 
@@ -138,10 +140,39 @@ class PairsFile:
             return one(self.path, "data.path")
         return {"train": one(self.path, "data.path"), "val": one(self.val_path, "data.val_path")}
 
+    def read_test(self) -> list[tuple[str, str]] | None:
+        """The pairs of data.test_path (None without one): kept out of tokenizer training, as unseen data is."""
+        if self.test_path is None:
+            return None
+        return read_pairs(
+            self.test_path, self.format, self.source_field, self.target_field, self.errors, "data.test_path"
+        )
+
+    def split(self, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[tuple[str, str]]]:
+        """The pairs of each split: a separate val/test file, else a seeded share of data.path's pairs, dealt by
+        the split every data kind uses (token_cache.splits_of, each pair a document)."""
+        data = self.read()
+        if isinstance(data, list):
+            if not 0 < val_fraction < 1:
+                raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
+            out = {"train": data}
+        else:  # data.val_path: nothing of data.path goes to val
+            out, val_fraction = dict(data), 0.0
+        test_fraction = 0.0 if self.test_path is not None else test_fraction
+        if val_fraction or test_fraction:
+            pairs = out["train"]
+            labels = splits_of([str(i) for i in range(len(pairs))], val_fraction, seed, test_fraction)
+            for name in sorted(set(labels)):
+                out[name] = [p for p, k in zip(pairs, labels) if k == name]
+        test = self.read_test()
+        if test is not None:
+            out["test"] = test
+        return out
+
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps([self.format, self.source_field, self.target_field, self.errors]).encode())
-        for p in (self.path, self.val_path):
+        for p in (self.path, self.val_path, self.test_path):
             if p is not None:
                 if not p.is_file():
                     raise DataError(f"{p}: no such file. Give a .jsonl or .tsv file of pairs.")
@@ -176,21 +207,23 @@ class PairsCache:
         val_fraction: float,
         split_seed: int,
         cache_dir: Path,
+        test_fraction: float = 0.0,
     ) -> PairsCache:
+        if test_fraction and source.test_path is not None:
+            raise ConfigError(
+                f"data.test_fraction={test_fraction} and data.test_path are both set: the test pairs are either a "
+                "share of data.path or a file of their own. Set one of them."
+            )
+        # without a test split, the key (and so the cache entry) is what it always was
+        test_key = [test_fraction] if test_fraction else []
         key = hashlib.blake2b(
-            json.dumps(["pairs-v2", source.fingerprint(), tokenizer_key, val_fraction, split_seed]).encode(),
+            json.dumps(["pairs-v2", source.fingerprint(), tokenizer_key, val_fraction, split_seed, *test_key]).encode(),
             digest_size=10,
         ).hexdigest()
         dtype = token_dtype(tokenizer.get_vocab_size())
 
         def build(tmp: Path) -> None:
-            data = source.read()
-            if isinstance(data, list):
-                val = split_of([str(i) for i in range(len(data))], val_fraction, split_seed)
-                data = {
-                    "train": [p for i, p in enumerate(data) if str(i) not in val],
-                    "val": [p for i, p in enumerate(data) if str(i) in val],
-                }
+            data = source.split(val_fraction, test_fraction, split_seed)
             meta = {
                 "dtype": dtype.name,
                 "vocab_size": tokenizer.get_vocab_size(),
@@ -211,8 +244,12 @@ class PairsCache:
                     flat.tofile(tmp / f"{split}.{side}.bin")
                     n_tokens += int(lengths.sum()) + len(pairs)  # each side ends with eos in an example
                 meta["pairs"][split], meta["tokens"][split] = len(pairs), n_tokens
-            (tmp / "val.targets.json").write_text(json.dumps([t for _, t in data["val"]]))
+            for split in ("val", "test"):
+                if split in data:  # the raw references, for BLEU
+                    (tmp / f"{split}.targets.json").write_text(json.dumps([t for _, t in data[split]]))
             meta["unigram_val_loss"] = _unigram_target_loss(tmp, dtype, tokenizer.get_vocab_size(), eos_id)
+            if "test" in data:
+                meta["unigram_test_loss"] = _unigram_target_loss(tmp, dtype, tokenizer.get_vocab_size(), eos_id, "test")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
         entry = build_once(Path(cache_dir) / "pairs" / key, build)
@@ -224,8 +261,8 @@ def _read_side(folder: Path, split: str, side: str, dtype) -> tuple[np.ndarray, 
     return ids, np.fromfile(folder / f"{split}.{side}.idx", np.int64)
 
 
-def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
-    """Cross-entropy (nats/token) on the val targets (each + eos) of a unigram model of the train
+def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int, split: str = "val") -> float:
+    """Cross-entropy (nats/token) on the val (or `split`) targets (each + eos) of a unigram model of the train
     targets, add-one smoothed: the floor a seq2seq model must beat."""
 
     def counts(split: str) -> np.ndarray:
@@ -234,7 +271,7 @@ def _unigram_target_loss(folder: Path, dtype, vocab: int, eos_id: int) -> float:
         c[eos_id] += len(idx) - 1
         return c
 
-    train, val = counts("train"), counts("val")
+    train, val = counts("train"), counts(split)
     logp = np.log(train + 1.0) - np.log(train.sum() + vocab)
     return float(-(val * logp).sum() / max(val.sum(), 1.0))
 
@@ -247,7 +284,7 @@ class TokenPairs(Dataset):
         self.folder, self.split, self.dtype = folder, split, dtype
         self.src_idx = np.fromfile(folder / f"{split}.source.idx", np.int64)
         self.tgt_idx = np.fromfile(folder / f"{split}.target.idx", np.int64)
-        self.texts = json.loads((folder / "val.targets.json").read_text()) if with_text else None
+        self.texts = json.loads((folder / f"{split}.targets.json").read_text()) if with_text else None
         self._ids: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -328,6 +365,8 @@ class PairsDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         split_seed: int = 0,
         bucket_size: int = 50,
+        test_fraction: float = 0.0,
+        test_path: str | None = None,
         num_workers: int = 0,
         pin_memory: bool | None = None,
     ):
@@ -339,7 +378,8 @@ class PairsDataModule(L.LightningDataModule):
         ):
             if value < least:
                 raise ConfigError(f"{key}={value} must be at least {least}.")
-        self.corpus = PairsFile(path, val_path, format, source_field, target_field, errors)
+        self.corpus = PairsFile(path, val_path, format, source_field, target_field, errors, test_path)
+        self.test_fraction = test_fraction
         self.tokenizer_spec, self.cache_dir = tokenizer, Path(cache_dir).expanduser()
         self.seq_len, self.max_target_len, self.batch_size = seq_len, max_target_len, batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -369,11 +409,17 @@ class PairsDataModule(L.LightningDataModule):
             self.val_fraction,
             self.split_seed,
             self.cache_dir,
+            test_fraction=self.test_fraction,
         )
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
+
+    @property
+    def has_test(self) -> bool:
+        """Whether a test split exists (data.test_fraction > 0 or data.test_path): test_dataloader() serves it."""
+        return "test" in self._cache().meta["pairs"]
 
     def _cache(self) -> PairsCache:
         if self.cache is None:
@@ -407,7 +453,7 @@ class PairsDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if self.collate is None:
             raise RuntimeError("PairsDataModule.build() and set_batch_builder() must run before loaders are made")
-        data = TokenPairs(self._cache().dir, split, self._cache().meta["dtype"], with_text=split == "val")
+        data = TokenPairs(self._cache().dir, split, self._cache().meta["dtype"], with_text=split != "train")
         lengths = [data.source_length(i) for i in range(len(data))]
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
         batches = LengthBuckets(
@@ -433,3 +479,8 @@ class PairsDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.has_test:
+            raise ConfigError("there is no test split: set data.test_fraction (e.g. 0.05) or data.test_path.")
+        return self._loader("test", self.val_batch_size, shuffle=False)

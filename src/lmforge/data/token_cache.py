@@ -64,29 +64,59 @@ def doc_hash(doc_id: str, seed: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest(), "little")
 
 
-def val_mask(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
-    """Deterministic document-level split: the val documents are those with the smallest seeded hash.
+SPLITS = ("train", "val", "test")  # split labels 0, 1, 2 (split_labels)
 
-    At least one document goes to each side.
+
+def split_labels(hashes: np.ndarray, val_fraction: float, test_fraction: float = 0.0) -> np.ndarray:
+    """Deterministic document-level split into train (0), val (1) and test (2), one label per document.
+
+    Documents are ordered by their seeded hash: the first `val_fraction` of them are val, the next
+    `test_fraction` test, the rest train. With test_fraction 0 this is the two-way split lmforge always
+    made (the same val documents); a test split takes its documents from train, never from val. At least
+    one document goes to each split asked for (a fraction of 0 asks for none).
     """
-    if not 0 < val_fraction < 1:
-        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
-    n = len(hashes)
-    if n < 2:
+    for key, f in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise DataError(f"{key}={f} must be between 0 and 1 (exclusive).")
+    if val_fraction + test_fraction >= 1:
         raise DataError(
-            "the corpus has fewer than 2 documents; a train/validation split needs at least 2. "
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no documents to "
+            "train on; their sum must be below 1."
+        )
+    held = int(val_fraction > 0) + int(test_fraction > 0)
+    n = len(hashes)
+    if n < held + 1:
+        names = "train/validation" + ("/test" if test_fraction > 0 else "")
+        raise DataError(
+            f"the corpus has fewer than {held + 1} documents ({n}); a {names} split needs at least {held + 1}. "
             "Add text, or split your file into several files."
         )
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    mask = np.zeros(n, dtype=bool)
-    mask[np.argsort(hashes, kind="stable")[:n_val]] = True
-    return mask
+    n_val = min(n - held, max(1, round(n * val_fraction))) if val_fraction > 0 else 0
+    n_test = min(n - n_val - 1, max(1, round(n * test_fraction))) if test_fraction > 0 else 0
+    labels = np.zeros(n, dtype=np.int8)
+    order = np.argsort(hashes, kind="stable")
+    labels[order[:n_val]] = 1
+    labels[order[n_val : n_val + n_test]] = 2
+    return labels
+
+
+def val_mask(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
+    """The two-way split: True for the val documents (the smallest seeded hashes). At least one on each side."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
+    return split_labels(hashes, val_fraction) == 1
+
+
+def splits_of(doc_ids: list[str], val_fraction: float, seed: int, test_fraction: float = 0.0) -> list[str]:
+    """The split ("train", "val" or "test") of each document id, as `split_labels` deals them: the one split
+    every data kind uses (token streams here, pairs in pairs.py)."""
+    hashes = np.array([doc_hash(d, seed) for d in doc_ids], dtype=np.uint64)
+    return [SPLITS[k] for k in split_labels(hashes, val_fraction, test_fraction)]
 
 
 def split_of(doc_ids: list[str], val_fraction: float, seed: int) -> set[str]:
-    """The ids of the validation documents (what `val_mask` picks, by id)."""
-    hashes = np.array([doc_hash(d, seed) for d in doc_ids], dtype=np.uint64)
-    return {d for d, v in zip(doc_ids, val_mask(hashes, val_fraction)) if v}
+    """The ids of the validation documents of the two-way split."""
+    return {d for d, s in zip(doc_ids, splits_of(doc_ids, val_fraction, seed)) if s == "val"}
 
 
 class ShardedTokens:
@@ -287,11 +317,12 @@ def encode_corpus(
 def deal_to_splits(
     stream: np.ndarray,
     lengths: np.ndarray,
-    is_val: np.ndarray,
+    labels: np.ndarray,
     writers: dict[str, ShardWriter],
     chunk: int = COPY_TOKENS,
 ) -> None:
-    """Copy each document's tokens from the staging stream to its split, a chunk at a time."""
+    """Copy each document's tokens from the staging stream to its split (labels: 0 train, 1 val, 2 test, one per
+    document; `split_labels`), a chunk at a time."""
     ends = np.cumsum(lengths)
     starts = ends - lengths
     for a in range(0, len(stream), chunk):
@@ -299,10 +330,11 @@ def deal_to_splits(
         first = int(np.searchsorted(ends, a, side="right"))
         last = int(np.searchsorted(ends, b - 1, side="right"))
         seg = np.minimum(ends[first : last + 1], b) - np.maximum(starts[first : last + 1], a)
-        mask = np.repeat(is_val[first : last + 1], seg)
+        label = np.repeat(labels[first : last + 1], seg)
         tokens = np.asarray(stream[a:b])
-        writers["train"].write(tokens[~mask])
-        writers["val"].write(tokens[mask])
+        for k, split in enumerate(SPLITS):
+            if split in writers:
+                writers[split].write(tokens[label == k])
 
 
 @dataclass
@@ -328,13 +360,26 @@ class TokenCache:
         cache_dir: Path,
         dtype: str = "auto",
         shard_tokens: int = DEFAULT_SHARD_TOKENS,
+        test_fraction: float = 0.0,
+        test_corpus=None,
     ) -> TokenCache:
+        """Tokenize `corpus` into train/val (and test: `test_fraction` of its documents, or every document of a
+        separate `test_corpus`, data.test_path) splits, once per content and settings."""
         vocab = tokenizer.get_vocab_size()
         np_dtype = token_dtype(vocab, dtype)
         if not 0 < val_fraction < 1:
             raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
         if shard_tokens < 1:
             raise ConfigError(f"data.shard_tokens={shard_tokens} must be positive.")
+        if test_fraction and test_corpus is not None:
+            raise ConfigError(
+                f"data.test_fraction={test_fraction} and data.test_path are both set: the test split is either a "
+                "share of the corpus or a separate corpus. Set one of them (data.test_fraction=0 with test_path)."
+            )
+        # Without a test split the key is what it always was: existing cache entries stay valid.
+        test_key = ([test_fraction] if test_fraction else []) + (
+            [test_corpus.fingerprint()] if test_corpus is not None else []
+        )
         key = hashlib.blake2b(
             json.dumps(
                 [
@@ -346,6 +391,7 @@ class TokenCache:
                     split_seed,
                     np_dtype.name,
                     shard_tokens,
+                    *test_key,
                 ]
             ).encode(),
             digest_size=10,
@@ -357,12 +403,19 @@ class TokenCache:
             staging = tmp / "stream.tmp"
             with open(staging, "wb") as out:
                 lengths, hashes = encode_corpus(corpus.documents(), tokenizer, eos_id, np_dtype, out, split_seed)
-            if len(lengths) == 0:
-                raise DataError(f"the corpus {corpus.name} is empty after tokenization; give it some text.")
-            is_val = val_mask(hashes, val_fraction)
-            writers = {s: ShardWriter(tmp / s, np_dtype, shard_tokens) for s in ("train", "val")}
+                if len(lengths) == 0:
+                    raise DataError(f"the corpus {corpus.name} is empty after tokenization; give it some text.")
+                labels = split_labels(hashes, val_fraction, test_fraction)
+                if test_corpus is not None:  # its documents follow the corpus's in the staging stream, all test
+                    test_lengths, _ = encode_corpus(test_corpus.documents(), tokenizer, eos_id, np_dtype, out, 0)
+                    if len(test_lengths) == 0:
+                        raise DataError(f"data.test_path: {test_corpus.name} is empty after tokenization.")
+                    lengths = np.concatenate([lengths, test_lengths])
+                    labels = np.concatenate([labels, np.full(len(test_lengths), 2, dtype=np.int8)])
+            splits = [s for k, s in enumerate(SPLITS) if k < 2 or (labels == k).any()]
+            writers = {s: ShardWriter(tmp / s, np_dtype, shard_tokens) for s in splits}
             stream = np.memmap(staging, dtype=np_dtype, mode="r")
-            deal_to_splits(stream, lengths, is_val, writers)
+            deal_to_splits(stream, lengths, labels, writers)
             del stream
             staging.unlink()
             shards = {s: w.close() for s, w in writers.items()}
@@ -375,10 +428,15 @@ class TokenCache:
                 "vocab_size": vocab,
                 "eos_id": eos_id,
                 "tokens": {s: int(sum(n)) for s, n in shards.items()},
-                "documents": {"train": int((~is_val).sum()), "val": int(is_val.sum())},
+                "documents": {s: int((labels == SPLITS.index(s)).sum()) for s in splits},
                 "shards": shards,
                 "shard_tokens": shard_tokens,
                 "unigram_val_loss": unigram_val_loss(tmp, shards, np_dtype, vocab),
+                **(
+                    {"unigram_test_loss": unigram_val_loss(tmp, shards, np_dtype, vocab, "test")}
+                    if "test" in splits
+                    else {}
+                ),
                 "build": {
                     "seconds": round(seconds, 3),
                     "tokens_per_sec": round(total / max(seconds, 1e-9)),
@@ -393,8 +451,10 @@ class TokenCache:
         return cls(entry, json.loads((entry / "meta.json").read_text()))
 
 
-def unigram_val_loss(folder: Path, shards: dict[str, list[int]], dtype: np.dtype, vocab_size: int) -> float:
-    """Cross-entropy (nats/token) on val of a unigram model fitted on train (add-one smoothing).
+def unigram_val_loss(
+    folder: Path, shards: dict[str, list[int]], dtype: np.dtype, vocab_size: int, split: str = "val"
+) -> float:
+    """Cross-entropy (nats/token) on val (or `split`) of a unigram model fitted on train (add-one smoothing).
 
     The floor any model must beat: it knows token frequencies and nothing of context.
     """
@@ -406,5 +466,5 @@ def unigram_val_loss(folder: Path, shards: dict[str, list[int]], dtype: np.dtype
     for chunk in tokens("train").chunks():
         counts += np.bincount(chunk, minlength=vocab_size)
     logp = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
-    val = tokens("val")
+    val = tokens(split)
     return -sum(float(logp[chunk].sum()) for chunk in val.chunks()) / len(val)

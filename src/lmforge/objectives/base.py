@@ -5,6 +5,7 @@ An objective subclasses `LMObjective` and provides:
   batch_builder()  how examples are built from blocks of the token stream
   net_token_ids()  token ids the net's config takes from the tokenizer (e.g. its padding id)
   loss(batch)      (mean loss, number of target tokens) for a batch
+and may extend `eval_step` / `on_eval_epoch_end` with metrics of its own: they serve validation and test alike.
   sample_texts()   a few generations or predictions to show people what the model learned
 """
 
@@ -95,15 +96,29 @@ class LMObjective(L.LightningModule):
             self.log("lr", self._current_lr())
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    # -- evaluation: validation and test share one implementation; an objective extends eval_step and
+    # on_eval_epoch_end (not validation_step), and its metrics are logged as val/* or test/* by stage --
+    def eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         loss, n = self.loss(batch)
-        self.val_loss.update(loss, n)
+        self.val_loss.update(loss, n)  # one accumulator: validation and test never run at once
 
-    def on_validation_epoch_end(self) -> None:
+    def on_eval_epoch_end(self, stage: str) -> None:
         mean = self.val_loss.compute()  # token-weighted, synced across ranks by torchmetrics
         self.val_loss.reset()
-        self.log("val/loss", mean, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(mean.clamp(max=50)), sync_dist=False)
+        self.log(f"{stage}/loss", mean, prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/ppl", torch.exp(mean.clamp(max=50)), sync_dist=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.on_eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.on_eval_epoch_end("test")
 
     def _at_log_step(self) -> bool:
         """True in the optimizer step whose metrics Lightning writes to the loggers: its own rule, `(steps done + 1)

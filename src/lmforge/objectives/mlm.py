@@ -223,18 +223,18 @@ class MaskedLM(LMObjective):
         # Over the masked positions only: the others are IGNORE_INDEX.
         return token_cross_entropy(self.logits(batch), batch["labels"])
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         logits, labels = self.logits(batch), batch["labels"]
         loss, n = token_cross_entropy(logits, labels)
         self.val_loss.update(loss, n)
         chosen = labels != IGNORE_INDEX
         self.val_acc.update(logits[chosen].argmax(dim=-1), labels[chosen])
-        if batch_idx == 0:
+        if batch_idx == 0 and stage == "val":
             self._preview = {k: v[:8].detach().cpu() for k, v in batch.items() if torch.is_tensor(v)}
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self.log("val/acc", self.val_acc.compute(), sync_dist=False)  # synced by torchmetrics
+    def on_eval_epoch_end(self, stage: str) -> None:
+        super().on_eval_epoch_end(stage)
+        self.log(f"{stage}/acc", self.val_acc.compute(), sync_dist=False)  # synced by torchmetrics
         self.val_acc.reset()
 
     def fill_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

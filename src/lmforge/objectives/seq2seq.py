@@ -273,9 +273,9 @@ class Seq2SeqLM(LMObjective):
             dec = shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
         return token_cross_entropy(self.net(batch["input_ids"], batch.get("attention_mask"), dec), labels)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        if batch_idx == 0:
+    def eval_step(self, batch, batch_idx: int, stage: str) -> None:
+        super().eval_step(batch, batch_idx, stage)
+        if batch_idx == 0 and stage == "val":
             self._preview = {k: (v[:8].detach().cpu() if torch.is_tensor(v) else v[:8]) for k, v in batch.items()}
         if "target_text" in batch and self.tokenizer is not None:
             pred = self.generate(batch["input_ids"], batch["attention_mask"])
@@ -283,10 +283,10 @@ class Seq2SeqLM(LMObjective):
             self.val_bleu.update([t.strip() for t in texts], [[r.strip()] for r in batch["target_text"]])
             self._bleu_updates += 1
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
+    def on_eval_epoch_end(self, stage: str) -> None:
+        super().on_eval_epoch_end(stage)
         if self._bleu_updates:
-            self.log("val/bleu", 100 * self.val_bleu.compute(), sync_dist=False)  # sacreBLEU's 0-100 scale
+            self.log(f"{stage}/bleu", 100 * self.val_bleu.compute(), sync_dist=False)  # sacreBLEU's 0-100 scale
             self.val_bleu.reset()
             self._bleu_updates = 0
 

@@ -113,8 +113,11 @@ class SupervisedFineTuning(CausalLM):
         self._em_left = self.exact_match_samples
         self._preview = []
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def eval_step(self, batch, batch_idx: int, stage: str) -> None:
+        super().eval_step(batch, batch_idx, stage)
         if self._em_left > 0 and "response_start" in batch and self.eos_id is not None:
             self._exact_match(batch)
 
@@ -139,10 +142,10 @@ class SupervisedFineTuning(CausalLM):
                     self._preview.append((ids[r, :p].tolist(), cut, ref[:-1]))
         self._em_updates += 1
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
+    def on_eval_epoch_end(self, stage: str) -> None:
+        super().on_eval_epoch_end(stage)
         if self._em_updates:
-            self.log("val/exact_match", self.val_exact_match.compute(), prog_bar=True, sync_dist=False)
+            self.log(f"{stage}/exact_match", self.val_exact_match.compute(), prog_bar=True, sync_dist=False)
             self.val_exact_match.reset()
             self._em_updates = 0
 
