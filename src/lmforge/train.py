@@ -45,7 +45,14 @@ from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
-from lmforge.protocols import EndsRunOnPurpose, NeedsTokenizer, RunData, SummarySection
+from lmforge.protocols import (
+    EndsRunOnPurpose,
+    LabelledData,
+    NeedsLabels,
+    NeedsTokenizer,
+    RunData,
+    SummarySection,
+)
 from lmforge.resume import ApplyOptimizerChanges, NothingToTrain, check_changes, check_steps_left, plan_resume
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
@@ -91,6 +98,8 @@ def build_objective(
         with open_dict(cfg):
             cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
             cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
+            if "num_labels" in cfg.model.net.keys():  # a classifier: as many outputs as the training file has labels
+                cfg.model.net.num_labels = len(labelled(datamodule).labels)
         # on the meta device under FSDP; same initial weights on any world size
         return build_model(cfg, seed=cfg.seed, scale_options=scale_options)
     check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
@@ -157,6 +166,8 @@ def write_header(
         raise RuntimeError("the data module's build() made no tokenizer")
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(datamodule.tokenizer_path, run_dir)
+    if isinstance(datamodule, LabelledData):  # the classifier's output order, for whoever uses the run
+        (run_dir / "labels.json").write_text(json.dumps(datamodule.labels, indent=2) + "\n")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("print_config", True):
         print_config_tree(cfg)
@@ -251,6 +262,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
         model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
+    if isinstance(model, NeedsLabels):  # a classifier: label names for checkpoints, counts for class weights
+        data = labelled(datamodule)
+        model.bind_labels(data.labels, data.train_label_counts)
     # resume_changes=allow with new optimizer values: applied to the optimizer state the checkpoint restores
     apply = [ApplyOptimizerChanges(resolved(cfg.model.optimizer))] if any("optimizer" in c for c in changed) else []
     trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options, extra_callbacks=apply)
@@ -290,6 +304,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------ helpers
 
 
+def labelled(datamodule: RunData) -> LabelledData:
+    if not isinstance(datamodule, LabelledData):
+        raise ConfigError(
+            "a classifier (model=bert_cls, gpt_cls, llama_cls) trains on labelled texts: use data=classification "
+            "data.path=<file> or data=shakespeare_genre."
+        )
+    return datamodule
+
+
 def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
     """Instantiate each entry of a dict-of-configs group (callbacks, logger); skip null entries."""
     if not group:
@@ -320,7 +343,14 @@ def _stopped_as(callbacks: list[Any]) -> str | None:
 
 def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
-    if "val/loss" in m:
+    if "val/acc" in m:  # a classifier: accuracy against chance and the majority label says more than a loss
+        b = summary["baseline"]
+        say(
+            f"\nval/acc {m['val/acc']:.3f}, val/f1 {m.get('val/f1', float('nan')):.3f} (macro), val/loss "
+            f"{m['val/loss']:.3f}; chance {b['chance_acc']:.3f}, majority label {b['majority_val_acc']:.3f}; "
+            f"{summary['steps']} steps, {summary['wall_time_s']:.0f}s"
+        )
+    elif "val/loss" in m:
         gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
         say(
             f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "
