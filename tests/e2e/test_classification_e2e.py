@@ -63,3 +63,18 @@ def test_a_classifier_on_unlabelled_data_and_an_lm_on_labels_are_refused(tmp_pat
     assert "Traceback" not in proc.stderr
     proc = run_train(["model=gpt_tiny", "data=classification", f"data.path={train}", *TINY_CLS])
     assert proc.returncode == 2 and "model=bert_cls, gpt_cls or llama_cls" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # ~40 s: fetches the corpus and trains a tokenizer on it
+def test_bert_cls_on_the_shakespeare_genre_demo(tmp_path):
+    """The bundled demo as a user runs it (tiny and short: the figures are bench/finetune.py's business)."""
+    proc = run_train(
+        ["model=bert_cls", "data=shakespeare_genre", "tokenizer=wordpiece", "tokenizer.vocab_size=500",
+         "model.net.d_ff=64", *TINY_CLS, "trainer.max_steps=4", "trainer.val_check_interval=4",
+         "trainer.limit_val_batches=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["labels"] == ["comedy", "history", "tragedy"]
+    assert {"val/acc", "val/f1", "val/loss"} <= set(summary["metrics"])
+    assert summary["baseline"]["chance_acc"] == pytest.approx(1 / 3)

@@ -26,11 +26,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.locking import build_once
-from lmforge.data.padded import LengthBuckets, write_ragged
+from lmforge.data.padded import FixedOrder, LengthBuckets, write_ragged
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
@@ -425,12 +425,14 @@ class ClassificationDataModule(L.LightningDataModule):
             raise RuntimeError("build() and set_batch_builder() must run before loaders are made")
         meta = self._cache().meta
         data = TokenExamples(self._cache().dir, split, meta["dtype"], meta["pairs"])
-        sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
+        # Validation: a fixed permutation, bucketed in windows and not sorted as a whole, so the first batches (all
+        # of them under trainer.limit_val_batches) are a fair sample rather than the shortest examples.
+        order = RandomSampler(data) if shuffle else FixedOrder(len(data))
         batches = LengthBuckets(
-            sampler,
+            order,
             batch_size,
             lengths=[data.length(i) for i in range(len(data))],
-            bucket_size=self.bucket_size if shuffle else None,
+            bucket_size=self.bucket_size,
             shuffle=shuffle,
         )
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory

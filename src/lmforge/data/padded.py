@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import BatchSampler
+from torch.utils.data import BatchSampler, Sampler
 
 
 def write_ragged(folder: Path, stem: str, sequences: list[list[int]], dtype) -> np.ndarray:
@@ -52,3 +52,17 @@ class LengthBuckets(BatchSampler):
         if self.shuffle:
             random.Random(zlib.crc32(np.asarray(order, dtype=np.int64).tobytes())).shuffle(batches)
         yield from batches
+
+
+class FixedOrder(Sampler[int]):
+    """The indices 0..n-1 in one seeded permutation, the same every epoch: a validation order whose first batches are
+    a fair sample (what trainer.limit_val_batches keeps), unlike a sort by length."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.order = np.random.default_rng(seed).permutation(n).tolist()
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
