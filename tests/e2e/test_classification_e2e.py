@@ -66,6 +66,7 @@ def test_a_classifier_on_unlabelled_data_and_an_lm_on_labels_are_refused(tmp_pat
 
 
 @pytest.mark.slow  # ~40 s: fetches the corpus and trains a tokenizer on it
+@pytest.mark.network
 def test_bert_cls_on_the_shakespeare_genre_demo(tmp_path):
     """The bundled demo as a user runs it (tiny and short: the figures are bench/finetune.py's business)."""
     proc = run_train(
