@@ -8,8 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import run_dir_from_output, run_train
+from conftest import run_dir_from_output, run_train
 
 TINY_CLS = [
     "model.net.n_layer=1",
