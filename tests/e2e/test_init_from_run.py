@@ -127,3 +127,16 @@ def test_init_from_a_run_refuses_another_family_a_missing_best_ckpt_and_another_
         )  # fmt: skip
     with pytest.raises(ConfigError, match="no such file or folder"):
         load_init(compose(["model=bert_cls", *data, f"model.init_from={tmp_path / 'nothing'}"]))
+
+
+def test_an_hf_backbone_goes_under_a_classifier_head(pretrained, task, tmp_path):
+    """model.init_from=<HF BertForMaskedLM folder> with model=bert_cls: the same matching as for a run."""
+    from lmforge.export import export
+
+    folder = export(pretrained["bert_tiny"] / "checkpoints" / "best.ckpt", tmp_path / "hf")
+    cfg, objective, report = classifier_from(folder, "bert_cls", task)
+    assert cfg.tokenizer.path == str(folder / "tokenizer.json")
+    pre = read_checkpoint(pretrained["bert_tiny"] / "checkpoints" / "best.ckpt")["state_dict"]
+    for k, v in objective.net.backbone.state_dict().items():
+        assert torch.equal(v, pre[f"net.{k}"].float()), k
+    assert "classifier.weight" in report["new"] and "lm_head.weight" in report["dropped"]
