@@ -11,9 +11,9 @@ Every stage is a `python train.py` run, as a user would type it, in a folder und
   3. scratch   the same, from random initialisation, with the pretraining run's tokenizer
 The report gives val/acc, macro val/f1 and val/loss of both, the chance level (1/3: the splits are balanced) and the
 budgets. Model and budgets are far below the defaults (model=bert is 4 layers of 256; conf/trainer/default.yaml
-trains 800 steps) to keep the script to a few minutes on 2 shared cores: 2 layers of 128, 150 pretraining and 150
-fine-tuning steps, validation on a fixed random sample of 20 batches (640 passages); what it shows is the effect of
-that much pretraining, no more.
+trains 800 steps) to keep the script to a few minutes on 2 shared cores: 2 layers of 128, 60 pretraining and 60
+fine-tuning steps of 32 examples, validation on a fixed random sample of 10 batches (320 passages); what it shows is
+the effect of that much pretraining, no more.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def pretraining_texts(cache_dir: str, folder: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--val-batches", type=int, default=20, help="of 32 passages, a fixed random sample")
+    parser.add_argument("--val-batches", type=int, default=10, help="of 32 passages, a fixed random sample")
     parser.add_argument("--work", type=Path, default=REPO / "logs" / "bench_finetune")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "finetune.json")
     a = parser.parse_args()
