@@ -39,6 +39,7 @@ REQUIRED = {
     ("data", "hf"): ["data.path=unused"],
     ("data", "pairs"): ["data.path=unused.jsonl"],
     ("data", "instructions"): ["data.path=unused.jsonl"],
+    ("data", "classification"): ["data.path=unused.jsonl"],
     ("tokenizer", "pretrained"): ["tokenizer.path=unused.json"],
 }
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
@@ -54,6 +55,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_train([f"{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
     with open_dict(cfg):
         cfg.model.net.vocab_size = 128
+        if "num_labels" in cfg.model.net.keys():  # a classifier: lmforge.train sets it from the training file
+            cfg.model.net.num_labels = 3
     # Instantiate every object the run would build from this composition.
     if group != "tokenizer" or option != "pretrained":
         instantiate(cfg.tokenizer)
@@ -103,6 +106,9 @@ def test_bert_base_and_t5_small_have_their_dimensions(model, vocab, params, tmp_
         ("bert", 1e-3, [0.9, 0.98], 1e-6, 0.01, 50),
         ("bert_tiny", 1e-3, [0.9, 0.98], 1e-6, 0.01, 50),
         ("bert_base", 1e-4, [0.9, 0.98], 1e-6, 0.01, 10000),
+        ("bert_cls", 1e-3, [0.9, 0.98], 1e-6, 0.01, 20),
+        ("gpt_cls", 1e-3, [0.9, 0.95], 1e-8, 0.1, 20),
+        ("llama_cls", 1e-3, [0.9, 0.95], 1e-8, 0.1, 20),
         ("t5", 1e-3, [0.9, 0.98], 1e-8, 0.01, 50),
         ("t5_tiny", 1e-3, [0.9, 0.98], 1e-8, 0.01, 50),
         ("t5_small", 1e-3, [0.9, 0.98], 1e-8, 0.01, 1000),

@@ -4,6 +4,7 @@
 
 The folder (config.json, model.safetensors, tokenizer files) loads with
 `transformers.AutoModelForCausalLM / AutoModelForMaskedLM / AutoModelForSeq2SeqLM.from_pretrained(dir)`
+(a classifier's with `AutoModelForSequenceClassification`, its labels as `id2label` / `label2id`)
 and `AutoTokenizer.from_pretrained(dir)`. The net is rebuilt from what the checkpoint carries
 (`checkpoint["lmforge"]`: net class and config, see objectives/base.py); the tokenizer is the run's
 `tokenizer.json`, found next to the checkpoint. The exported tokenizer adds the objective's special
@@ -76,7 +77,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
 
     checkpoint = Path(checkpoint)
     ckpt = read_checkpoint(checkpoint)
-    if registry.family_of(get_class(ckpt["lmforge"]["net_class"])) is None:
+    net_class = get_class(ckpt["lmforge"]["net_class"])
+    if registry.family_of(net_class) is None and registry.task_adapter_of(net_class) is None:
         raise ConfigError(
             f"checkpoint {str(checkpoint)!r} holds a {ckpt['lmforge']['net_class']}, which is no registered model "
             f"family ({', '.join(registry.FAMILIES)}; lmforge/models/registry.py), so it has no Hugging Face export."
@@ -85,9 +87,25 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
     tokenizer_json = Path(tokenizer) if tokenizer else find_tokenizer(checkpoint)
     if tokenizer_json is None or not tokenizer_json.is_file():
         raise ConfigError(f"no tokenizer.json next to {checkpoint} or in its run folder; pass --tokenizer <path>.")
+    labels = labels_of(ckpt, checkpoint)
+    updates = (
+        {}
+        if labels is None
+        else {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tok = with_post_processor(tokenizer_json, objective_class(ckpt), Path(tmp) / "tokenizer.json")
-        return save_hf_folder(net, tok, out_dir)
+        return save_hf_folder(net, tok, out_dir, config_updates=updates)
+
+
+def labels_of(ckpt: dict, ckpt_path: Path) -> list[str] | None:
+    """A classifier's label names in output order: kept in its checkpoints, else the run folder's labels.json."""
+    if "labels" in ckpt["lmforge"]:
+        return list(ckpt["lmforge"]["labels"])
+    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
+        if (folder / "labels.json").is_file():
+            return list(json.loads((folder / "labels.json").read_text()))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""`model.init_from=<HF folder>`: start training from a local Hugging Face checkpoint.
+"""`model.init_from=<HF folder | lmforge run folder | .ckpt>`: start training from a local Hugging Face checkpoint or
+from a lmforge run (lmforge/init_weights.py: only the weights that fit the chosen model load, e.g. a pretrained BERT
+into model=bert_cls).
 
 The folder decides the architecture: its dimensions replace `model.net.*` in the run's config (so
 the run folder and checkpoints say what was trained). Its embeddings only mean something with the
@@ -15,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.init_weights import InitWeights, hf_weights, read_run_weights
 from lmforge.models import registry
+from lmforge.models.heads import SequenceClassifier
 from lmforge.protocols import Net
 from lmforge.validate import check_context
 
@@ -26,8 +30,63 @@ def _vocab(path: Path) -> dict[str, int]:
     return Tokenizer.from_file(str(path)).get_vocab()
 
 
+def load_init(cfg: DictConfig) -> tuple[nn.Module | None, InitWeights | None]:
+    """What `model.init_from` starts from, its dims and tokenizer filled into `cfg`: (the net, None) for a Hugging
+    Face folder of the chosen family's net, as it is; (None, weights to load into the built net) for a lmforge run or
+    checkpoint, or an HF backbone under a task head; (None, None) when unset."""
+    path = OmegaConf.select(cfg, "model.init_from")
+    if not path:
+        return None, None
+    target = get_class(cfg.model.net._target_)
+    if not (Path(path).expanduser() / "config.json").is_file():
+        weights = read_run_weights(path)
+    elif issubclass(target, SequenceClassifier):  # an HF BERT / GPT-2 / Llama under a new classification head
+        folder = Path(path).expanduser()
+        net = _hf_net(path, folder)
+        weights = hf_weights(path, net, folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None)
+    else:
+        return load_init_net(cfg), None
+    weights.check_target(target)
+    with open_dict(cfg):
+        cfg.model.net = weights.net_config_for(OmegaConf.to_container(cfg.model.net))  # type: ignore[arg-type]
+        _use_tokenizer(cfg, path, weights.tokenizer_json)
+    check_context(cfg)
+    return None, weights
+
+
+def _hf_net(path: str, folder: Path) -> nn.Module:
+    from lmforge.models.hf import load_hf_folder
+
+    try:
+        return load_hf_folder(folder)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.init_from={path!r}: {e}") from None
+
+
+def _use_tokenizer(cfg: DictConfig, path: str, tokenizer_json: Path | None) -> None:
+    """The source's tokenizer becomes the data's (its embeddings only fit it); a different one given is refused."""
+    given = OmegaConf.select(cfg, "tokenizer.path")
+    if given is None:
+        if tokenizer_json is None or not tokenizer_json.is_file():
+            raise ConfigError(
+                f"model.init_from={path!r} has no tokenizer.json, and its embeddings only fit the tokenizer "
+                "it was trained with: pass that one as tokenizer=pretrained tokenizer.path=<tokenizer.json>."
+            )
+        cfg.tokenizer.path = str(tokenizer_json)
+    elif (
+        tokenizer_json is not None
+        and tokenizer_json.is_file()
+        and Path(given).expanduser().is_file()
+        and _vocab(Path(given).expanduser()) != _vocab(tokenizer_json)
+    ):
+        raise ConfigError(
+            f"tokenizer.path={given!r} has a different vocabulary from the tokenizer.json of "
+            f"model.init_from={path!r} (vocab mismatch); unset tokenizer.path to use the checkpoint's."
+        )
+
+
 def load_init_net(cfg: DictConfig) -> nn.Module | None:
-    """The net of `model.init_from` (None when unset); fills its dims and tokenizer into `cfg`."""
+    """The net of a Hugging Face `model.init_from` folder (None when unset); fills its dims and tokenizer into `cfg`."""
     path = OmegaConf.select(cfg, "model.init_from")
     if not path:
         return None
@@ -37,12 +96,7 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
             f"model.init_from={path!r} is not a Hugging Face checkpoint folder (no config.json). "
             "Point it at a folder written by `python -m lmforge.export` or `save_pretrained`."
         )
-    from lmforge.models.hf import load_hf_folder
-
-    try:
-        net = load_hf_folder(folder)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model.init_from={path!r}: {e}") from None
+    net = _hf_net(path, folder)
     assert isinstance(net, Net)  # every registered family's net is one (lmforge/protocols.py)
     expected = get_class(cfg.model.net._target_)
     if type(net) is not expected:
@@ -54,31 +108,19 @@ def load_init_net(cfg: DictConfig) -> nn.Module | None:
     tokenizer_json = folder / "tokenizer.json"
     with open_dict(cfg):
         cfg.model.net = {"_target_": f"{type(net).__module__}.{type(net).__qualname__}", **net.config_dict()}
-        given = OmegaConf.select(cfg, "tokenizer.path")
-        if given is None:
-            if not tokenizer_json.is_file():
-                raise ConfigError(
-                    f"model.init_from={path!r} has no tokenizer.json, and its embeddings only fit the tokenizer "
-                    "it was trained with: pass that one as tokenizer=pretrained tokenizer.path=<tokenizer.json>."
-                )
-            cfg.tokenizer.path = str(tokenizer_json)
-        elif (
-            tokenizer_json.is_file()
-            and Path(given).expanduser().is_file()
-            and _vocab(Path(given).expanduser()) != _vocab(tokenizer_json)
-        ):
-            raise ConfigError(
-                f"tokenizer.path={given!r} has a different vocabulary from the tokenizer.json of "
-                f"model.init_from={path!r}; unset tokenizer.path to use the checkpoint's."
-            )
+        _use_tokenizer(cfg, path, tokenizer_json if tokenizer_json.is_file() else None)
     check_context(cfg)
     return net
 
 
-def check_vocab_fits(net: nn.Module, vocab_size: int, special_ids: dict[str, int], init_from: str) -> None:
-    """The data tokenizer's ids, the objective's special tokens included, must index the net's embeddings."""
-    assert isinstance(net, Net)
-    n = net.config.vocab_size
+def check_vocab_fits(net: nn.Module | int, vocab_size: int, special_ids: dict[str, int], init_from: str) -> None:
+    """The data tokenizer's ids, the objective's special tokens included, must index the net's embeddings (`net`: a
+    net, or its vocabulary size)."""
+    if isinstance(net, int):
+        n = net
+    else:
+        assert isinstance(net, Net)
+        n = net.config.vocab_size
     too_big = {role: i for role, i in special_ids.items() if i >= n}
     if vocab_size > n or too_big:
         raise ConfigError(

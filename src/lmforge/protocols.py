@@ -210,3 +210,34 @@ class HasTestSplit(Protocol):
     def has_test(self) -> bool: ...
 
     def test_dataloader(self) -> Any: ...
+
+
+@runtime_checkable
+class MakesClassificationBatches(Protocol):
+    """A batch builder that can also collate labelled sequences (data=classification): the classification
+    objective's. Items have `.a` and `.b` (token id arrays, `.b` None for single texts) and `.label` (an int id); the
+    builder lays them out as its family reads them (`[CLS] A [SEP] B [SEP]` with token types 0/1 for an encoder,
+    `A eos B eos` for a decoder), truncated to `max_len` tokens. `block_len`: tokens of an average example."""
+
+    def classification_collator(self, max_len: int, block_len: int = 0) -> BatchBuilder: ...
+
+
+@runtime_checkable
+class LabelledData(Protocol):
+    """A data module of labelled sequences: the label set, read from the training file, in id order, and how often
+    each label occurs in training (class weights). lmforge.train sizes the classifier with it and saves it with the
+    run (labels.json)."""
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def train_label_counts(self) -> list[int]: ...
+
+
+@runtime_checkable
+class NeedsLabels(Protocol):
+    """An objective that needs the label set (a classifier: class weights, metrics, exports' id2label). lmforge.train
+    hands it over once, before training; the objective keeps it in its checkpoints."""
+
+    def bind_labels(self, labels: list[str], train_counts: list[int]) -> None: ...

@@ -38,7 +38,8 @@ from lmforge.data.tokenizer import copy_tokenizer
 from lmforge.emissions.pre_run import planned_flops, pre_run_estimate
 from lmforge.errors import ConfigError, LmforgeError, folder_error
 from lmforge.evaluation import check_test_config, test_after_fit
-from lmforge.init_from import check_vocab_fits, load_init_net
+from lmforge.init_from import check_vocab_fits, load_init
+from lmforge.init_weights import InitWeights, describe_init
 from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
 from lmforge.parallel.init import build_model, instantiate_objective
@@ -46,7 +47,14 @@ from lmforge.parallel.launch import isolated_job
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
-from lmforge.protocols import EndsRunOnPurpose, NeedsTokenizer, RunData, SummarySection
+from lmforge.protocols import (
+    EndsRunOnPurpose,
+    LabelledData,
+    NeedsLabels,
+    NeedsTokenizer,
+    RunData,
+    SummarySection,
+)
 from lmforge.resume import ApplyOptimizerChanges, NothingToTrain, check_changes, check_steps_left, plan_resume
 from lmforge.summary import write_summary
 from lmforge.validate import check_config
@@ -83,15 +91,27 @@ def build_data(cfg: DictConfig) -> RunData:
 
 
 def build_objective(
-    cfg: DictConfig, datamodule: RunData, init_net: torch.nn.Module | None, scale_options: ScaleOptions
+    cfg: DictConfig,
+    datamodule: RunData,
+    init_net: torch.nn.Module | None,
+    scale_options: ScaleOptions,
+    init_weights: InitWeights | None = None,
 ) -> LMObjective:
     """The objective and its net. A net from the config gets the tokenizer's vocabulary size (rounded up) and
-    special ids, written into cfg so config.yaml shows them; a net from model.init_from must fit the tokenizer."""
+    special ids, written into cfg so config.yaml shows them; a net from model.init_from must fit the tokenizer (with
+    `init_weights`, a lmforge run's: the net is built from the config, which holds the source's vocabulary size)."""
     objective_cls = objective_class(cfg)
     if init_net is None:
         with open_dict(cfg):
-            cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+            if init_weights is None:
+                cfg.model.net.vocab_size = round_up(datamodule.vocab_size, VOCAB_MULTIPLE)
+            else:
+                check_vocab_fits(
+                    int(cfg.model.net.vocab_size), datamodule.vocab_size, datamodule.special_ids, init_weights.init_from
+                )
             cfg.model.net.update(objective_cls.net_token_ids(datamodule.special_ids))
+            if "num_labels" in cfg.model.net.keys():  # a classifier: as many outputs as the training file has labels
+                cfg.model.net.num_labels = len(labelled(datamodule).labels)
         # on the meta device under FSDP; same initial weights on any world size
         return build_model(cfg, seed=cfg.seed, scale_options=scale_options)
     check_vocab_fits(init_net, datamodule.vocab_size, datamodule.special_ids, cfg.model.init_from)
@@ -158,6 +178,8 @@ def write_header(
         raise RuntimeError("the data module's build() made no tokenizer")
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(datamodule.tokenizer_path, run_dir)
+    if isinstance(datamodule, LabelledData):  # the classifier's output order, for whoever uses the run
+        (run_dir / "labels.json").write_text(json.dumps(datamodule.labels, indent=2) + "\n")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("print_config", True):
         print_config_tree(cfg)
@@ -241,18 +263,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # ckpt_path, or the newest checkpoint of a run this folder already holds (resume=auto); checked before compute
     resumed = plan_resume(cfg, objective_class(cfg).name)
     scale_options = ScaleOptions.from_config(cfg)
-    init_net = load_init_net(cfg)  # model.init_from: a local HF checkpoint sets the net and the tokenizer
+    # model.init_from: an HF folder gives the net; a lmforge run (or an HF backbone under a task head) the weights
+    # that fit the chosen model. Either sets the net's dimensions and the tokenizer.
+    init_net, init_weights = load_init(cfg)
     changed = check_changes(cfg, resumed) if resumed else []
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
     datamodule = build_data(cfg)
-    model = build_objective(cfg, datamodule, init_net, scale_options)
+    model = build_objective(cfg, datamodule, init_net, scale_options, init_weights)
+    init_report = init_weights.load_into(model.net) if init_weights else None
     datamodule.set_batch_builder(
         model.batch_builder(cfg.data.seq_len, datamodule.special_ids, tokenizer=datamodule.tokenizer)
     )
     if isinstance(model, NeedsTokenizer):  # e.g. seq2seq decodes its predictions to text for BLEU
         model.bind_tokenizer(datamodule.tokenizer, datamodule.special_ids)
+    if isinstance(model, NeedsLabels):  # a classifier: label names for checkpoints, counts for class weights
+        data = labelled(datamodule)
+        model.bind_labels(data.labels, data.train_label_counts)
     # resume_changes=allow with new optimizer values: applied to the optimizer state the checkpoint restores
     apply = [ApplyOptimizerChanges(resolved(cfg.model.optimizer))] if any("optimizer" in c for c in changed) else []
     trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options, extra_callbacks=apply)
@@ -268,6 +296,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model.run_config = resolved(cfg)
 
     header = header_summary(cfg, model, datamodule, scale)
+    if init_report is not None:  # what model.init_from loaded, what is new, what was left out
+        header["init_from"] = init_report
+        say(describe_init(init_report))
     write_header(cfg, run_dir, model, datamodule, trainer, header)
     flops = planned_flops(model.net, datamodule.block_builder, cfg, trainer, token_id=datamodule.vocab_size - 1)
     estimate = pre_run_estimate(cfg, header["params"], trainer, callbacks, flops=flops)
@@ -294,6 +325,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def labelled(datamodule: RunData) -> LabelledData:
+    if not isinstance(datamodule, LabelledData):
+        raise ConfigError(
+            "a classifier (model=bert_cls, gpt_cls, llama_cls) trains on labelled texts: use data=classification "
+            "data.path=<file> or data=shakespeare_genre."
+        )
+    return datamodule
 
 
 def _instantiate_group(group: DictConfig | None, **kwargs) -> list[Any]:
@@ -326,7 +366,14 @@ def _stopped_as(callbacks: list[Any]) -> str | None:
 
 def _print_run_folder(run_dir: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
-    if "val/loss" in m:
+    if "val/acc" in m and "chance_acc" in summary["baseline"]:  # a classifier: accuracy against chance says more
+        b = summary["baseline"]
+        say(
+            f"\nval/acc {m['val/acc']:.3f}, val/f1 {m.get('val/f1', float('nan')):.3f} (macro), val/loss "
+            f"{m['val/loss']:.3f}; chance {b['chance_acc']:.3f}, majority label {b['majority_val_acc']:.3f}; "
+            f"{summary['steps']} steps, {summary['wall_time_s']:.0f}s"
+        )
+    elif "val/loss" in m:
         gap = summary["baseline"]["unigram_val_loss"] - m["val/loss"]
         say(
             f"\nval/loss {m['val/loss']:.3f} (ppl {m.get('val/ppl', float('nan')):.1f}), "

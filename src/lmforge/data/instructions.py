@@ -13,7 +13,7 @@ of a chat is trained on; `val/exact_match` scores the last.
 
 Examples are tokenized once into a cache entry (ids, a trained-on flag per token, offsets: data/locking.build_once),
 split into train and validation as data=pairs does (a separate `data.val_path`, or a seeded `data.val_fraction`:
-token_cache.split_of) and served in length buckets (pairs.LengthBuckets), padded per batch by the objective's
+token_cache.split_of) and served in length buckets (padded.LengthBuckets), padded per batch by the objective's
 collator (protocols.MakesInstructionBatches). An example longer than `data.seq_len` tokens is dropped
 (`data.overlong=drop`, counted and reported) or stops the run (`data.overlong=error`): cutting it would cut the
 response and its eos, teaching the model not to stop.
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from lmforge.console import say
 from lmforge.data.corpus import read_text
 from lmforge.data.locking import build_once
-from lmforge.data.pairs import LengthBuckets
+from lmforge.data.padded import LengthBuckets
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError

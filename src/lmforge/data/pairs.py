@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
+from lmforge.data.padded import LengthBuckets, write_ragged
 from lmforge.data.token_cache import splits_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
@@ -236,12 +235,9 @@ class PairsCache:
                 n_tokens = 0
                 for side, texts in (("source", [s for s, _ in pairs]), ("target", [t for _, t in pairs])):
                     encs = tokenizer.encode_batch(texts, add_special_tokens=False)
-                    lengths = np.array([len(e.ids) for e in encs], dtype=np.int64)
+                    lengths = write_ragged(tmp, f"{split}.{side}", [e.ids for e in encs], dtype)
                     if side == "source":
                         meta["source_tokens"][split] = int(lengths.sum())
-                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tofile(tmp / f"{split}.{side}.idx")
-                    flat = np.fromiter((i for e in encs for i in e.ids), dtype=dtype, count=int(lengths.sum()))
-                    flat.tofile(tmp / f"{split}.{side}.bin")
                     n_tokens += int(lengths.sum()) + len(pairs)  # each side ends with eos in an example
                 meta["pairs"][split], meta["tokens"][split] = len(pairs), n_tokens
             for split in ("val", "test"):
@@ -309,39 +305,6 @@ class TokenPairs(Dataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_ids": {}}
-
-
-class LengthBuckets(BatchSampler):
-    """Batches of pairs of similar source length. The indices come from `sampler` (random for
-    training, sequential for validation; Lightning swaps in a DistributedSampler under DDP, which is
-    why this is a BatchSampler with a `sampler` argument). They are sorted by length within windows
-    of `bucket_size` batches (None: all at once) and cut into batches; with `shuffle`, the batch order
-    is then shuffled, seeded by the sampler's order, so each epoch differs and a seed reproduces it."""
-
-    def __init__(
-        self,
-        sampler,
-        batch_size: int,
-        drop_last: bool = False,
-        lengths: Sequence[int] = (),
-        bucket_size: int | None = 50,
-        shuffle: bool = True,
-    ):
-        super().__init__(sampler, batch_size, drop_last)
-        self.lengths, self.bucket_size, self.shuffle = list(lengths), bucket_size, shuffle
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(self.sampler)
-        window = len(order) if self.bucket_size is None else self.batch_size * max(1, self.bucket_size)
-        batches = []
-        for w in range(0, len(order), max(window, 1)):
-            chunk = sorted(order[w : w + window], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        if self.shuffle:
-            random.Random(zlib.crc32(np.asarray(order, dtype=np.int64).tobytes())).shuffle(batches)
-        yield from batches
 
 
 class PairsDataModule(L.LightningDataModule):

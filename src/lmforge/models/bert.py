@@ -111,6 +111,17 @@ class BERT(FamilyNet):
     ) -> torch.Tensor:
         """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
         padding keys are masked out, so padded positions cannot influence the others."""
+        x = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        h = self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x)))
+        return self.lm_head(h)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last block's output (batch, time, d_model): what the MLM head and task heads (models/heads.py) read."""
         b, t = input_ids.shape
         check_length(t, self.config.max_seq_len)
         pos = torch.arange(t, device=input_ids.device)
@@ -120,5 +131,4 @@ class BERT(FamilyNet):
         mask = padding_mask(attention_mask)
         for block in self.blocks:
             x = block(x, mask)
-        h = self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x)))
-        return self.lm_head(h)
+        return x

@@ -1,8 +1,10 @@
-"""BERT <-> Hugging Face BertForMaskedLM: the key table and the config translation."""
+"""BERT <-> Hugging Face BertForMaskedLM: the key table and the config translation; BERTClassifier ->
+BertForSequenceClassification."""
 
 from __future__ import annotations
 
 from lmforge.models.bert import BERT
+from lmforge.models.heads import BERTClassifier
 from lmforge.models.hf import HFAdapter, Pairs, import_transformers, unsupported
 
 
@@ -76,3 +78,28 @@ class BERTAdapter(HFAdapter):
 
 
 ADAPTER = BERTAdapter()
+
+
+class BERTClassifierAdapter(HFAdapter):
+    """BERTClassifier (models/heads.py) -> BertForSequenceClassification: the encoder's keys under `backbone.`, the
+    pooler as HF's BertPooler, the classifier as HF's. Export only: init_from reads the pretraining folders."""
+
+    hf_class = "BertForSequenceClassification"
+
+    def key_pairs(self, net: BERTClassifier) -> Pairs:
+        encoder = [(f"backbone.{o}", t, tr) for o, t, tr in ADAPTER.key_pairs(net.backbone) if not t.startswith("cls.")]
+        head = [("pooler", "bert.pooler.dense"), ("classifier", "classifier")]
+        return encoder + [(f"{o}.{p}", f"{t}.{p}", False) for o, t in head for p in ("weight", "bias")]
+
+    def to_hf_config(self, net: BERTClassifier):
+        config = ADAPTER.to_hf_config(net.backbone)
+        config.num_labels = net.num_labels
+        config.classifier_dropout = net.classifier_dropout
+        config.problem_type = "single_label_classification"
+        return config
+
+    def from_hf_config(self, hf_model) -> BERTClassifier:
+        raise unsupported(hf_model.config.model_type, "a sequence classifier is exported, not imported")
+
+
+CLASSIFIER_ADAPTER = BERTClassifierAdapter()

@@ -162,6 +162,22 @@ class GPT(FamilyNet):
 
         `position_ids` (batch, time): each token's position (default: its index, after the cache's); `attn_mask`: a
         boolean "may attend" (batch, 1, time, time) replacing the causal mask (see lmforge.models.masks)."""
+        x, presents = self._trunk(input_ids, past_key_values, position_ids, attn_mask)
+        logits = self.lm_head(x)
+        return (logits, presents) if use_cache else logits
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final LayerNorm's output (batch, time, d_model): what the LM head and task heads (models/heads.py)
+        read."""
+        return self._trunk(input_ids, None, None, None)[0]
+
+    def _trunk(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: KVCache | None,
+        position_ids: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, KVCache]:
         b, t = input_ids.shape
         start = past_key_values[0][0].size(2) if past_key_values else 0
         if start + t > self.config.max_seq_len:
@@ -176,5 +192,4 @@ class GPT(FamilyNet):
         for i, block in enumerate(self.blocks):
             x, present = block(x, past_key_values[i] if past_key_values else None, attn_mask)
             presents.append(present)
-        logits = self.lm_head(self.ln_f(x))
-        return (logits, presents) if use_cache else logits
+        return self.ln_f(x), presents

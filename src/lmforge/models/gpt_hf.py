@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.models.gpt import GPT
+from lmforge.models.heads import GPTClassifier
 from lmforge.models.hf import HFAdapter, Pairs, import_transformers, unsupported
 
 
@@ -89,3 +90,34 @@ class GPTAdapter(HFAdapter):
 
 
 ADAPTER = GPTAdapter()
+
+
+class GPTClassifierAdapter(HFAdapter):
+    """GPTClassifier (models/heads.py) -> GPT2ForSequenceClassification: the decoder's keys under `backbone.`, the
+    bias-free `score`. HF reads the last token that is not the config's pad id (the tokenizer's <|pad|>), which is the
+    classifier's last real token. Export only."""
+
+    hf_class = "GPT2ForSequenceClassification"
+    pad_token_from_tokenizer = True
+
+    def key_pairs(self, net: GPTClassifier) -> Pairs:
+        decoder = [(f"backbone.{o}", t, tr) for o, t, tr in ADAPTER.key_pairs(net.backbone) if t != "lm_head.weight"]
+        return [*decoder, ("score.weight", "score.weight", False)]
+
+    def to_hf_config(self, net: GPTClassifier):
+        config = ADAPTER.to_hf_config(net.backbone)
+        config.num_labels = net.num_labels
+        config.summary_first_dropout = net.drop.p
+        config.problem_type = "single_label_classification"
+        return config
+
+    def prepare_hf_model(self, net: GPTClassifier, hf_model) -> set[str]:
+        if net.config.bias:
+            return set()
+        return {t for _, t, _ in self.key_pairs(net) if t.endswith(".bias")}  # HF GPT-2 always has biases
+
+    def from_hf_config(self, hf_model) -> GPTClassifier:
+        raise unsupported(hf_model.config.model_type, "a sequence classifier is exported, not imported")
+
+
+CLASSIFIER_ADAPTER = GPTClassifierAdapter()

@@ -80,6 +80,9 @@ def _family_net(net: nn.Module) -> Net:
 
 
 def _adapter_of_net(net: nn.Module) -> HFAdapter:
+    task_head = registry.task_adapter_of(net)  # a classifier over a family's backbone (models/heads.py)
+    if task_head is not None:
+        return task_head
     family = registry.family_of(net)
     if family is None:
         expected = [f.net_class.__name__ for f in registry.FAMILIES.values()]
@@ -189,12 +192,19 @@ def hf_tokenizer(
 
 
 def save_hf_folder(
-    net: nn.Module, tokenizer_json: str | Path | None, out_dir: str | Path, special_tokens: dict[str, str] | None = None
+    net: nn.Module,
+    tokenizer_json: str | Path | None,
+    out_dir: str | Path,
+    special_tokens: dict[str, str] | None = None,
+    config_updates: dict[str, Any] | None = None,
 ) -> Path:
     """Write a Hugging Face folder (config.json + model.safetensors, and with a tokenizer.json the
     tokenizer files) that `transformers.AutoModelFor*.from_pretrained(out_dir)` and
-    `AutoTokenizer.from_pretrained(out_dir)` load."""
+    `AutoTokenizer.from_pretrained(out_dir)` load. `config_updates`: config attributes to set (a classifier's
+    id2label and label2id)."""
     hf = to_hf(net)
+    for key, value in (config_updates or {}).items():
+        setattr(hf.config, key, value)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_json is not None:

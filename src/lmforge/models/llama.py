@@ -286,6 +286,21 @@ class Llama(FamilyNet):
         `position_ids` (batch, time): each token's position for every encoding (default: its index, after the
         cache's); `attn_mask`: a boolean "may attend" (batch, 1, time, time) replacing the causal mask (see
         lmforge.models.masks); ALiBi's distances are then measured between the tokens' positions."""
+        x, presents = self._trunk(input_ids, past_key_values, position_ids, attn_mask)
+        logits = self.lm_head(x)
+        return (logits, presents) if use_cache else logits
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final norm's output (batch, time, d_model): what the LM head and task heads (models/heads.py) read."""
+        return self._trunk(input_ids, None, None, None)[0]
+
+    def _trunk(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: KVCache | None,
+        position_ids: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, KVCache]:
         cfg = self.config
         b, t = input_ids.shape
         start = past_key_values[0][0].size(2) if past_key_values else 0
@@ -312,5 +327,4 @@ class Llama(FamilyNet):
         for i, block in enumerate(self.blocks):
             x, present = block(x, rope, mask, past_key_values[i] if past_key_values else None)
             presents.append(present)
-        logits = self.lm_head(self.norm_f(x))
-        return (logits, presents) if use_cache else logits
+        return self.norm_f(x), presents

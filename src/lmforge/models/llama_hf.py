@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmforge.models.heads import LlamaClassifier
 from lmforge.models.hf import HFAdapter, Pairs, import_transformers, unsupported
 from lmforge.models.llama import Llama
 
@@ -102,3 +103,28 @@ class LlamaAdapter(HFAdapter):
 
 
 ADAPTER = LlamaAdapter()
+
+
+class LlamaClassifierAdapter(HFAdapter):
+    """LlamaClassifier (models/heads.py) -> LlamaForSequenceClassification: the decoder's keys under `backbone.`, the
+    bias-free `score`; HF reads the last token that is not the pad id, as for GPT-2. Export only."""
+
+    hf_class = "LlamaForSequenceClassification"
+    pad_token_from_tokenizer = True
+
+    def key_pairs(self, net: LlamaClassifier) -> Pairs:
+        decoder = [(f"backbone.{o}", t, tr) for o, t, tr in ADAPTER.key_pairs(net.backbone) if t != "lm_head.weight"]
+        return [*decoder, ("score.weight", "score.weight", False)]
+
+    def to_hf_config(self, net: LlamaClassifier) -> Any:
+        config = ADAPTER.to_hf_config(net.backbone)
+        config.num_labels = net.num_labels
+        config.tie_word_embeddings = False  # no output embedding to tie: the head is `score`
+        config.problem_type = "single_label_classification"
+        return config
+
+    def from_hf_config(self, hf_model: Any) -> LlamaClassifier:
+        raise unsupported(hf_model.config.model_type, "a sequence classifier is exported, not imported")
+
+
+CLASSIFIER_ADAPTER = LlamaClassifierAdapter()

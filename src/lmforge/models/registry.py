@@ -14,6 +14,7 @@ from torch import nn
 
 from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT
+from lmforge.models.heads import BERTClassifier, GPTClassifier, LlamaClassifier
 from lmforge.models.llama import Llama
 from lmforge.models.t5 import T5
 
@@ -35,9 +36,9 @@ class Family:
         return self.load_hf_adapter()
 
 
-def adapter_in(module: str) -> Callable[[], HFAdapter]:
-    """A loader for the `ADAPTER` of `module` (e.g. "lmforge.models.gpt_hf"), imported on first use."""
-    return lambda: import_module(module).ADAPTER
+def adapter_in(module: str, name: str = "ADAPTER") -> Callable[[], HFAdapter]:
+    """A loader for the `ADAPTER` (or `name`) of `module` (e.g. "lmforge.models.gpt_hf"), imported on first use."""
+    return lambda: getattr(import_module(module), name)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -73,7 +74,22 @@ def hf_model_types() -> list[str]:
     return sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
 
 
+# Task heads over a family's backbone (models/heads.py) export to the family's HF task class (e.g.
+# BertForSequenceClassification); their adapters live beside the family's, in models/<family>_hf.py.
+TASK_HEADS: dict[type[nn.Module], Callable[[], HFAdapter]] = {}
+
+
+def task_adapter_of(net: nn.Module | type[nn.Module]) -> HFAdapter | None:
+    """The HF adapter of a task-head net (or class), MRO-aware as family_of; None for anything else."""
+    cls = net if isinstance(net, type) else type(net)
+    return next((TASK_HEADS[base]() for base in cls.__mro__ if base in TASK_HEADS), None)
+
+
 register(Family("gpt", GPT, adapter_in("lmforge.models.gpt_hf"), ("gpt2",), "gpt"))
 register(Family("bert", BERT, adapter_in("lmforge.models.bert_hf"), ("bert",), "bert"))
 register(Family("t5", T5, adapter_in("lmforge.models.t5_hf"), ("t5",), "t5"))
 register(Family("llama", Llama, adapter_in("lmforge.models.llama_hf"), ("llama",), "llama"))
+
+TASK_HEADS[BERTClassifier] = adapter_in("lmforge.models.bert_hf", "CLASSIFIER_ADAPTER")
+TASK_HEADS[GPTClassifier] = adapter_in("lmforge.models.gpt_hf", "CLASSIFIER_ADAPTER")
+TASK_HEADS[LlamaClassifier] = adapter_in("lmforge.models.llama_hf", "CLASSIFIER_ADAPTER")
