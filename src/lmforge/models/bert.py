@@ -1,6 +1,8 @@
 """BERT in plain PyTorch: word + learned position + token-type embeddings with a LayerNorm,
 post-LayerNorm encoder blocks with exact (erf) GELU, and the masked-LM head
-(dense + GELU + LayerNorm + decoder tied to the word embeddings, plus a bias).
+(dense + GELU + LayerNorm + decoder tied to the word embeddings, plus a bias). With `pair_head=True`
+also the pooler (dense + tanh over [CLS], as HF's BertPooler) and the binary sentence-pair head of
+next-sentence / sentence-order prediction (HF's BertForPreTraining), read by `pretraining_logits`.
 
 Knows nothing of Lightning or of losses: `forward` maps token ids to logits.
 """
@@ -30,6 +32,7 @@ class BERTConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
+    pair_head: bool = False  # pooler + NSP/SOP classifier (objectives/nsp.py); off: the plain MLM net
 
     def __post_init__(self) -> None:
         check_heads_divide(self.d_model, self.n_head)
@@ -65,6 +68,8 @@ def bert_forward_flops(cfg: BERTConfig, batch: int, seq_len: int) -> int:
         + linear_flops(n, cfg.d_ff, d)
     )
     head = linear_flops(n, d, d) + linear_flops(n, d, cfg.vocab_size)  # transform + decoder over every position
+    if cfg.pair_head:  # pooler + pair classifier over the [CLS] row of each example
+        head += linear_flops(batch, d, d) + linear_flops(batch, d, 2)
     return cfg.n_layer * layer + head
 
 
@@ -87,6 +92,9 @@ class BERT(FamilyNet):
         self.head_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
         self.lm_head.weight = self.wte.weight
+        if cfg.pair_head:  # built only when asked: a plain BERT's state dict (checkpoints, HF export) is unchanged
+            self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
+            self.pair_cls = nn.Linear(cfg.d_model, 2)
         self.init_weights()
 
     @torch.no_grad()
@@ -100,17 +108,17 @@ class BERT(FamilyNet):
         return [self.wpe.weight, self.wtt.weight]
 
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        """With the pair head: one `pretraining_logits` call (what training runs), pooler and classifier included."""
         b, t = batch["input_ids"].shape[:2]
         return bert_forward_flops(self.config, b, t)
 
-    def forward(
+    def encode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
-        padding keys are masked out, so padded positions cannot influence the others."""
+        """Hidden states (batch, time, d_model) of the last block."""
         b, t = input_ids.shape
         check_length(t, self.config.max_seq_len)
         pos = torch.arange(t, device=input_ids.device)
@@ -120,5 +128,32 @@ class BERT(FamilyNet):
         mask = padding_mask(attention_mask)
         for block in self.blocks:
             x = block(x, mask)
-        h = self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x)))
-        return self.lm_head(h)
+        return x
+
+    def mlm_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, d_model) hidden states -> (batch, time, vocab) logits."""
+        return self.lm_head(self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x))))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
+        padding keys are masked out, so padded positions cannot influence the others."""
+        return self.mlm_logits(self.encode(input_ids, attention_mask, token_type_ids))
+
+    def pretraining_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLM logits (batch, time, vocab), pair logits (batch, 2)): HF BertForPreTraining's prediction_logits and
+        seq_relationship_logits (class 0: B follows A / is in order; 1: B is random / swapped)."""
+        if not self.config.pair_head:
+            raise ValueError("this BERT has no pair head: build it with pair_head=True (model=bert_nsp)")
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (batch, d_model): the [CLS] row
+        return self.mlm_logits(x), self.pair_cls(pooled)
