@@ -204,9 +204,8 @@ class SentencePairLM(MaskedLM):
         if self.nsp and self._preview is not None and "next_sentence_label" in self._preview:
             p = self._preview
             with torch.no_grad():
-                _, logits = self.net.pretraining_logits(
-                    p["input_ids"].to(self.device), p["attention_mask"].to(self.device), p["token_type_ids"].to(self.device)
-                )
+                x, mask, types = (p[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids"))
+                _, logits = self.net.pretraining_logits(x, mask, types)
             pred, truth = logits.argmax(-1).cpu(), p["next_sentence_label"]
             word = ("in order", "swapped") if self.pair_task == "sop" else ("is next", "random")
             texts.append(
@@ -214,4 +213,3 @@ class SentencePairLM(MaskedLM):
                 f"true {', '.join(word[int(x)] for x in truth)} ({int((pred == truth).sum())}/{len(truth)} right)"
             )
         return texts
-
