@@ -199,8 +199,10 @@ class SentencePairLM(MaskedLM):
             self.val_nsp_loss.reset()
             self.val_nsp_acc.reset()
 
-    def sample_texts(self, tokenizer, **kwargs: Any) -> list[str]:
-        texts = super().sample_texts(tokenizer, **kwargs)
+    def sample_texts(
+        self, tokenizer, num_samples: int = 3, prompt: str = "", max_new_tokens: int = 64, **kwargs: Any
+    ) -> list[str]:
+        texts = super().sample_texts(tokenizer, num_samples, prompt, max_new_tokens, **kwargs)
         if self.nsp and self._preview is not None and "next_sentence_label" in self._preview:
             p = self._preview
             with torch.no_grad():
