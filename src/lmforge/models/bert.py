@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -134,15 +135,42 @@ class BERT(FamilyNet):
         """(batch, time, d_model) hidden states -> (batch, time, vocab) logits."""
         return self.lm_head(self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x))))
 
+    @overload
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = ...,
+        token_type_ids: torch.Tensor | None = ...,
+        with_pair_logits: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        with_pair_logits: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_pair_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
-        padding keys are masked out, so padded positions cannot influence the others."""
-        return self.mlm_logits(self.encode(input_ids, attention_mask, token_type_ids))
+        padding keys are masked out, so padded positions cannot influence the others. With `with_pair_logits`,
+        (those logits, pair logits (batch, 2)): see `pretraining_logits`. One forward for both, so that FSDP's
+        hooks on the root (which gather the embeddings and heads) run for the pair head too."""
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        if not with_pair_logits:
+            return self.mlm_logits(x)
+        if not self.config.pair_head:
+            raise ValueError("this BERT has no pair head: build it with pair_head=True (model=bert_nsp)")
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (batch, d_model): the [CLS] row
+        return self.mlm_logits(x), self.pair_cls(pooled)
 
     def pretraining_logits(
         self,
@@ -152,8 +180,4 @@ class BERT(FamilyNet):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(MLM logits (batch, time, vocab), pair logits (batch, 2)): HF BertForPreTraining's prediction_logits and
         seq_relationship_logits (class 0: B follows A / is in order; 1: B is random / swapped)."""
-        if not self.config.pair_head:
-            raise ValueError("this BERT has no pair head: build it with pair_head=True (model=bert_nsp)")
-        x = self.encode(input_ids, attention_mask, token_type_ids)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (batch, d_model): the [CLS] row
-        return self.mlm_logits(x), self.pair_cls(pooled)
+        return self(input_ids, attention_mask, token_type_ids, True)

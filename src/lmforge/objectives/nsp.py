@@ -131,7 +131,7 @@ class SentencePairLM(MaskedLM):
         if nsp and not getattr(net.config, "pair_head", False):
             raise ConfigError(
                 "model.nsp=true needs the BERT pooler and pair head: set model.net.pair_head=true (model=bert_nsp "
-                "does), or model.nsp=false for plain MLM."
+                "does; a model.init_from folder must then hold a BertForPreTraining), or model.nsp=false for plain MLM."
             )
         self.nsp, self.pair_task = nsp, pair_task
         self.val_nsp_loss = MeanMetric()
