@@ -171,3 +171,16 @@ def test_nsp_is_learned_when_it_is_learnable():
     # Chance is 50%; a random B from the same vocabulary (1 in 8 of the random ones) cannot be told apart: ~94%.
     print(f"NSP accuracy on held-out pairs: {acc:.3f}")
     assert acc > 0.8, acc
+
+
+def test_a_checkpoint_can_monitor_the_pair_metrics():
+    from omegaconf import OmegaConf
+
+    from lmforge.validate import check_monitors
+
+    target = "lmforge.objectives.nsp.SentencePairLM"
+    for metric in ("val/nsp_acc", "val/nsp_loss", "val/acc", "val/loss"):
+        check_monitors(OmegaConf.create({"model": {"_target_": target}, "callbacks": {"ckpt": {"monitor": metric}}}))
+    with pytest.raises(ConfigError, match="val/nsp_accuracy.*val/nsp_acc"):
+        bad = {"model": {"_target_": target}, "callbacks": {"ckpt": {"monitor": "val/nsp_accuracy"}}}
+        check_monitors(OmegaConf.create(bad))

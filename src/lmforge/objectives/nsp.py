@@ -97,8 +97,8 @@ class SentencePairBatches:
                 j = (i + int(pick.integers(1, b))) % b if b > 1 else i  # a lone block: elsewhere in itself
                 width = len(second)
                 start = nearest_cut(ends[j], 0, n - width, int(pick.integers(0, n - width + 1)))
-                if j == i and start == cut:  # the true continuation again: the other end of the block instead
-                    start = 0 if cut > 0 else n - width
+                if j == i and start == cut:  # the true continuation again: the block's start instead (cut >= 1)
+                    start = 0
                 second = blocks[j][start : start + width]
             ids.append(np.concatenate([[self.mlm.cls_id], first, [self.mlm.sep_id], second, [self.mlm.sep_id]]))
             types.append(np.r_[np.zeros(len(first) + 2, dtype=np.int64), np.ones(len(second) + 1, dtype=np.int64)])
@@ -119,7 +119,13 @@ class SentencePairLM(MaskedLM):
     if built, unused). Loss = MLM loss + pair loss; `val/loss` stays the MLM loss, comparable with model=bert."""
 
     name = "mlm_nsp"
-    logged_metrics: ClassVar[tuple[str, ...]] = (*MaskedLM.logged_metrics, "val/nsp_loss", "val/nsp_acc")
+    logged_metrics: ClassVar[tuple[str, ...]] = (
+        *MaskedLM.logged_metrics,
+        "train/mlm_loss",
+        "train/nsp_loss",
+        "val/nsp_loss",
+        "val/nsp_acc",
+    )
 
     def __init__(self, net, optimizer, scheduler=None, nsp: bool = True, pair_task: str = "nsp", **kwargs: Any):
         super().__init__(net, optimizer, scheduler, **kwargs)
