@@ -29,6 +29,7 @@ from lmforge.models import registry
 OBJECTIVES = {
     "clm": "lmforge.objectives.clm.CausalLM",
     "mlm": "lmforge.objectives.mlm.MaskedLM",
+    "mlm_nsp": "lmforge.objectives.nsp.SentencePairLM",
     "seq2seq": "lmforge.objectives.seq2seq.Seq2SeqLM",
 }
 

@@ -1,6 +1,8 @@
 """BERT in plain PyTorch: word + learned position + token-type embeddings with a LayerNorm,
 post-LayerNorm encoder blocks with exact (erf) GELU, and the masked-LM head
-(dense + GELU + LayerNorm + decoder tied to the word embeddings, plus a bias).
+(dense + GELU + LayerNorm + decoder tied to the word embeddings, plus a bias). With `pair_head=True`
+also the pooler (dense + tanh over [CLS], as HF's BertPooler) and the binary sentence-pair head of
+next-sentence / sentence-order prediction (HF's BertForPreTraining), read by `pretraining_logits`.
 
 Knows nothing of Lightning or of losses: `forward` maps token ids to logits.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -30,6 +33,7 @@ class BERTConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
+    pair_head: bool = False  # pooler + NSP/SOP classifier (objectives/nsp.py); off: the plain MLM net
 
     def __post_init__(self) -> None:
         check_heads_divide(self.d_model, self.n_head)
@@ -65,6 +69,8 @@ def bert_forward_flops(cfg: BERTConfig, batch: int, seq_len: int) -> int:
         + linear_flops(n, cfg.d_ff, d)
     )
     head = linear_flops(n, d, d) + linear_flops(n, d, cfg.vocab_size)  # transform + decoder over every position
+    if cfg.pair_head:  # pooler + pair classifier over the [CLS] row of each example
+        head += linear_flops(batch, d, d) + linear_flops(batch, d, 2)
     return cfg.n_layer * layer + head
 
 
@@ -87,6 +93,9 @@ class BERT(FamilyNet):
         self.head_ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
         self.lm_head.weight = self.wte.weight
+        if cfg.pair_head:  # built only when asked: a plain BERT's state dict (checkpoints, HF export) is unchanged
+            self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
+            self.pair_cls = nn.Linear(cfg.d_model, 2)
         self.init_weights()
 
     @torch.no_grad()
@@ -100,20 +109,9 @@ class BERT(FamilyNet):
         return [self.wpe.weight, self.wtt.weight]
 
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
+        """With the pair head: one `pretraining_logits` call (what training runs), pooler and classifier included."""
         b, t = batch["input_ids"].shape[:2]
         return bert_forward_flops(self.config, b, t)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
-        padding keys are masked out, so padded positions cannot influence the others."""
-        x = self.hidden_states(input_ids, attention_mask, token_type_ids)
-        h = self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x)))
-        return self.lm_head(h)
 
     def hidden_states(
         self,
@@ -121,7 +119,8 @@ class BERT(FamilyNet):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The last block's output (batch, time, d_model): what the MLM head and task heads (models/heads.py) read."""
+        """The last block's output (batch, time, d_model): what the MLM head, the pair head and task heads
+        (models/heads.py) read."""
         b, t = input_ids.shape
         check_length(t, self.config.max_seq_len)
         pos = torch.arange(t, device=input_ids.device)
@@ -132,3 +131,54 @@ class BERT(FamilyNet):
         for block in self.blocks:
             x = block(x, mask)
         return x
+
+    def mlm_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, d_model) hidden states -> (batch, time, vocab) logits."""
+        return self.lm_head(self.head_ln(ACTIVATIONS["gelu"](self.head_fc(x))))
+
+    @overload
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = ...,
+        token_type_ids: torch.Tensor | None = ...,
+        with_pair_logits: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        with_pair_logits: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        with_pair_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, time, vocab). `attention_mask` (batch, time): 1 = token, 0 = padding;
+        padding keys are masked out, so padded positions cannot influence the others. With `with_pair_logits`,
+        (those logits, pair logits (batch, 2)): see `pretraining_logits`. One forward for both, so that FSDP's
+        hooks on the root (which gather the embeddings and heads) run for the pair head too."""
+        x = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        if not with_pair_logits:
+            return self.mlm_logits(x)
+        if not self.config.pair_head:
+            raise ValueError("this BERT has no pair head: build it with pair_head=True (model=bert_nsp)")
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (batch, d_model): the [CLS] row
+        return self.mlm_logits(x), self.pair_cls(pooled)
+
+    def pretraining_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLM logits (batch, time, vocab), pair logits (batch, 2)): HF BertForPreTraining's prediction_logits and
+        seq_relationship_logits (class 0: B follows A / is in order; 1: B is random / swapped)."""
+        return self(input_ids, attention_mask, token_type_ids, True)

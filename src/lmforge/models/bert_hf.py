@@ -1,5 +1,5 @@
-"""BERT <-> Hugging Face BertForMaskedLM: the key table and the config translation; BERTClassifier ->
-BertForSequenceClassification."""
+"""BERT <-> Hugging Face BertForMaskedLM (or BertForPreTraining, for a net with the NSP/SOP pair head): the key
+table and the config translation; BERTClassifier -> BertForSequenceClassification."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from lmforge.models.hf import HFAdapter, Pairs, import_transformers, unsupported
 
 class BERTAdapter(HFAdapter):
     hf_class = "BertForMaskedLM"
+    pretraining_class = "BertForPreTraining"  # MLM + the pooler and seq_relationship head (pair_head=True)
+
+    def hf_class_of(self, net: BERT) -> str:
+        return self.pretraining_class if net.config.pair_head else self.hf_class
+
+    def hf_class_of_config(self, hf_config) -> str:
+        # A folder saved from BertForPreTraining says so in config.json; it loads with its pooler and pair head.
+        return self.pretraining_class if self.pretraining_class in (hf_config.architectures or []) else self.hf_class
+
+    def hf_classes(self) -> tuple[str, ...]:
+        return (self.hf_class, self.pretraining_class)
 
     def key_pairs(self, net: BERT) -> Pairs:
         pairs = [
@@ -37,6 +48,8 @@ class BERTAdapter(HFAdapter):
                 (a + "mlp.proj", b + "output.dense"),
                 (a + "ln_2", b + "output.LayerNorm"),
             ]
+        if net.config.pair_head:
+            names += [("pooler", "bert.pooler.dense"), ("pair_cls", "cls.seq_relationship")]
         return pairs + [(f"{o}.{p}", f"{t}.{p}", False) for o, t in names for p in ("weight", "bias")]
 
     def to_hf_config(self, net: BERT):
@@ -74,6 +87,7 @@ class BERTAdapter(HFAdapter):
             dropout=c.hidden_dropout_prob,
             layer_norm_eps=c.layer_norm_eps,
             pad_token_id=c.pad_token_id,
+            pair_head=type(hf_model).__name__ == self.pretraining_class,
         )
 
 

@@ -51,6 +51,20 @@ class HFAdapter(ABC):
         """The transformers model class; a family whose HF model lives outside transformers returns its own."""
         return getattr(import_transformers(), self.hf_class)
 
+    # A family may map onto more than one HF class (BERT: BertForMaskedLM, or BertForPreTraining with the pair head).
+    # `hf_class` is the default; these three pick the class for a net, for a folder's config, and list those read.
+    def hf_class_of(self, net: Any) -> str:
+        return self.hf_class
+
+    def hf_class_of_config(self, hf_config: Any) -> str:
+        return self.hf_class
+
+    def hf_classes(self) -> tuple[str, ...]:
+        return (self.hf_class,)
+
+    def hf_model_class_named(self, name: str) -> Any:
+        return self.hf_model_class() if name == self.hf_class else getattr(import_transformers(), name)
+
     @abstractmethod
     def key_pairs(self, net: Any) -> Pairs:
         """(lmforge key, HF key, transpose) for every weight, used in both directions."""
@@ -136,7 +150,7 @@ def to_hf(net: nn.Module) -> Any:
     net = _unwrap(net)
     adapter = _adapter_of_net(net)  # raises TypeError for an unknown net
     pairs = adapter.key_pairs(net)
-    hf = adapter.hf_model_class()(adapter.to_hf_config(net))
+    hf = adapter.hf_model_class_named(adapter.hf_class_of(net))(adapter.to_hf_config(net))
     zero_fill = adapter.prepare_hf_model(net, hf)
     _copy(net, hf, pairs, to_hf=True, zero_fill=zero_fill)
     return hf.eval()
@@ -149,8 +163,8 @@ def from_hf(hf_model: Any) -> nn.Module:
     """An lmforge net (fp32, CPU) with the weights of a Hugging Face model of a registered family
     (GPT2LMHeadModel, BertForMaskedLM, T5ForConditionalGeneration)."""
     adapter = _adapter_of_model_type(getattr(getattr(hf_model, "config", None), "model_type", None))
-    if adapter is None or type(hf_model).__name__ != adapter.hf_class:
-        classes = sorted(f.hf_adapter().hf_class for f in registry.FAMILIES.values())
+    if adapter is None or type(hf_model).__name__ not in adapter.hf_classes():
+        classes = sorted(c for f in registry.FAMILIES.values() for c in f.hf_adapter().hf_classes())
         raise TypeError(f"from_hf takes one of {classes}, got {type(hf_model).__name__}")
     net = adapter.from_hf_config(hf_model)
     _copy(hf_model, net, adapter.key_pairs(net), to_hf=False)
@@ -238,13 +252,15 @@ def load_hf_folder(path: str | Path) -> nn.Module:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint folder (no config.json)")
-    mt = tf.AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    hf_config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+    mt = hf_config.model_type
     adapter = _adapter_of_model_type(mt)
     if adapter is None:
         raise ValueError(f"{path}: model_type={mt!r} has no lmforge family; supported: {registry.hf_model_types()}")
-    hf, info = adapter.hf_model_class().from_pretrained(path, local_files_only=True, output_loading_info=True)
+    cls_name = adapter.hf_class_of_config(hf_config)
+    hf, info = adapter.hf_model_class_named(cls_name).from_pretrained(
+        path, local_files_only=True, output_loading_info=True
+    )
     if info["missing_keys"]:
-        raise ValueError(
-            f"{path}: checkpoint lacks weights the {adapter.hf_class} head needs: {sorted(info['missing_keys'])}"
-        )
+        raise ValueError(f"{path}: checkpoint lacks weights the {cls_name} head needs: {sorted(info['missing_keys'])}")
     return from_hf(hf.float())

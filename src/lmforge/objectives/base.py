@@ -85,13 +85,19 @@ class LMObjective(L.LightningModule):
     def forward(self, *args, **kwargs):
         return self.net(*args, **kwargs)
 
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to optimise and its parts to log beside train/loss (e.g. MLM + NSP: train/mlm_loss, ...)."""
+        return self.loss(batch)[0], {}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss(batch)
+        loss, parts = self.training_loss(batch)
         self._stop_if_loss_diverged(loss)
         self.tokens_seen += self.batch_tokens(batch) * self.trainer.world_size
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a device sync per step;
         # the progress bar reads train/loss itself at the logging steps (callbacks/progress.py).
         self.log("train/loss", loss)
+        for name, value in parts.items():
+            self.log(name, value)
         if self._at_log_step():  # a float logged is copied to the device: only where it is written
             self.log("lr", self._current_lr())
         return loss
