@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
+from lmforge.parallel.tensor import data_parallel_size
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
 
@@ -81,7 +82,8 @@ class LMObjective(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(batch)
         self._stop_if_loss_diverged(loss)
-        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size  # shapes only: no device sync
+        # shapes only, no device sync; a tensor-parallel group shares one batch, counted once
+        self.tokens_seen += batch["input_ids"].numel() * data_parallel_size(self.trainer)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self._current_lr(), prog_bar=False)
         return loss
