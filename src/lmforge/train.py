@@ -106,7 +106,10 @@ def build_trainer(
     Trainer is built with the final accumulation and max_steps (and config.yaml shows them)."""
     world_size = planned_world_size(cfg.trainer)
     # the budget counts model replicas: ranks of one tensor-parallel group share each batch
-    batch_facts = plan_budget(cfg, check_tensor_parallel(cfg, world_size), block_len)
+    replicas = check_tensor_parallel(cfg, world_size)
+    batch_facts = plan_budget(cfg, replicas, block_len)
+    if replicas != world_size:
+        batch_facts.update(world_size=world_size, data_parallel_size=replicas)
     # Signals stop the run with a checkpoint whatever the callbacks config says (lmforge/callbacks/preemption.py).
     callbacks = [*_instantiate_group(cfg.get("callbacks")), *(extra_callbacks or []), Preemption()]
     loggers = _instantiate_group(cfg.get("logger"))

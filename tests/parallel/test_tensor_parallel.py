@@ -25,7 +25,7 @@ from lmforge.parallel.init import materialize
 from lmforge.parallel.tensor import apply_tensor_parallel
 from lmforge.parallel.wrap import transformer_blocks
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # about 35 s per case on 2 shared cores
 
 WORLD = 2
 SEED = 1234

@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
-from lmforge.parallel.tensor import data_parallel_size
+from lmforge.parallel.tensor import data_parallel_size, grad_norm
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
 
@@ -131,8 +131,7 @@ class LMObjective(L.LightningModule):
             return
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
         if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
-            self.log("grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+            self.log("grad_norm", grad_norm(grads))  # FSDP/TP: DTensors, on one or two meshes
 
     # -- optimisation --
     def configure_optimizers(self) -> Any:  # Lightning's OptimizerLRSchedulerConfig, as a plain dict

@@ -8,6 +8,7 @@ over gloo on CPU and NCCL on GPUs.
 
 from __future__ import annotations
 
+import types
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -99,9 +100,16 @@ class FSDP2Strategy(ModelParallelStrategy):
     def parallelize(self, net: nn.Module, blocks: list[nn.Module]) -> None:
         """Tensor parallelism, before anything else wraps the blocks (as torchtitan: TP, then AC/compile, FSDP)."""
         if self.tensor_parallel_size > 1:
-            from lmforge.parallel.tensor import apply_tensor_parallel
+            from lmforge.parallel.tensor import apply_tensor_parallel, clip_grad_norm_across_meshes
 
             apply_tensor_parallel(net, blocks, self.device_mesh["tensor_parallel"], self.sequence_parallel)
+            # trainer.gradient_clip_val: torch's clip_grad_norm_ cannot combine the 2-D (TP) and 1-D (FSDP-only)
+            # DTensors; Lightning's precision plugin calls this method, so this instance's is replaced.
+            plugin = self.precision_plugin
+            plugin.clip_grad_by_norm = types.MethodType(  # type: ignore[method-assign]
+                lambda p, optimizer, clip_val: clip_grad_norm_across_meshes(p.main_params(optimizer), clip_val),
+                plugin,
+            )
 
     def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
         fully_shard_net(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -90,3 +91,40 @@ def tensor_parallel_size(trainer: Any) -> int:
 def data_parallel_size(trainer: Any) -> int:
     """The number of model replicas that see different batches: world size / tensor-parallel size."""
     return int(trainer.world_size) // tensor_parallel_size(trainer)
+
+
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `grads` as a plain tensor, whatever meshes their DTensors live on (one per
+    (mesh, placements) group reduced first: torch's get_total_norm cannot stack DTensors of different meshes)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return torch.nn.utils.get_total_norm(grads)
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for g in grads:
+        key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
+        groups.setdefault(key, []).append(g)
+    if len(groups) <= 1:  # one process, DDP, FSDP alone: torch's own, on the device
+        norm = torch.nn.utils.get_total_norm(grads)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    total_sq = torch.zeros((), dtype=torch.float64)
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm(group)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        total_sq += norm.double().cpu() ** 2
+    return total_sq.sqrt().float()
+
+
+def clip_grad_norm_across_meshes(parameters: Any, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ for a net whose parameters live on different device meshes: under TP + FSDP2
+    the sharded matmuls' weights are DTensors on the 2-D mesh, the rest (norms, replicated embeddings) on the
+    data-parallel dimension only, and torch's version refuses to stack norms of DTensors of different meshes.
+    Each (mesh, placements) group's norm is reduced to a plain number first; the gradients are then scaled
+    in place by the one coefficient."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = grad_norm(grads)
+    coef = min(1.0, float(max_norm) / (float(total) + 1e-6))
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
