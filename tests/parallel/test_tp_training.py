@@ -67,3 +67,14 @@ def test_tp_checkpoint_resumes(tp, text_corpus):
     _, s = _run(_args(text_corpus, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.max_steps=14", f"ckpt_path={last}"))
     assert s["status"] == "completed" and s["steps"] == 14
     assert s["tokens"] == 14 * 16 * 32  # the token count continues from the checkpoint
+
+
+def test_fsdp_by_tp_mesh_of_four_processes_matches_one_process(single, text_corpus):
+    """The 2-D mesh: 2 data-parallel replicas (FSDP2 between them) x 2 tensor-parallel ranks each; each replica
+    reads 8 of the 16 examples of a step, as DDP's two ranks do."""
+    _, s = _run(_args(text_corpus, "trainer=tp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=8"))
+    assert s["status"] == "completed" and s["steps"] == 10
+    assert s["scale"]["mesh"] == {"dp": 2, "tp": 2, "sequence_parallel": False}
+    assert s["scale"]["world_size"] == 4 and s["scale"]["data_parallel_size"] == 2
+    assert s["tokens"] == single[1]["tokens"]
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
