@@ -1,9 +1,10 @@
-"""Tokens/s of one process vs two (DDP, FSDP) on this machine's CPUs, through `python train.py` as a user runs it.
+"""Tokens/s of one process vs two (DDP, FSDP, TP) on this machine's CPUs, through `python train.py` as a user runs it.
 
     python bench/scaling.py                       # writes bench/results/scaling.json
     python bench/scaling.py --rounds 1 --steps 6 --model gpt_tiny --out /tmp/scaling.json   # a quick smoke run
 
-Every configuration trains with the same global batch (one process: data.batch_size=G; two: G/2 each).
+Every configuration trains with the same global batch (one process and TP's one replica: data.batch_size=G;
+DDP/FSDP: G/2 each).
 Throughput is steady state, timed inside each run on rank 0 (bench/step_timer.py: the first steps are skipped,
 so process start-up, tokenizer and model building and sharding do not count). Configurations are interleaved
 round by round so that changing machine load hits all alike; the report keeps every round and the median, and
@@ -33,7 +34,10 @@ CONFIGS = {
     "1 process": [],
     "DDP, 2 processes": ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
     "FSDP, 2 processes": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"],
+    # one model over 2 ranks: one replica, so each rank reads the whole global batch
+    "TP, 2 processes": ["trainer=tp", "trainer.accelerator=cpu", "trainer.devices=2"],
 }
+REPLICAS = {"1 process": 1, "DDP, 2 processes": 2, "FSDP, 2 processes": 2, "TP, 2 processes": 1}
 
 
 def _train(args: list[str], env: dict[str, str]) -> tuple[dict, dict]:
@@ -92,7 +96,7 @@ def main() -> None:
     ]
     if args.precision:
         common.append(f"trainer.precision={args.precision}")
-    micro = {name: args.global_batch // (2 if extra else 1) for name, extra in CONFIGS.items()}
+    micro = {name: args.global_batch // REPLICAS[name] for name in CONFIGS}
 
     _train([*common, "trainer.max_steps=1", "data.batch_size=1", "global_batch_size=null"], env)  # caches, once
     rounds: dict[str, list[float]] = {name: [] for name in CONFIGS}

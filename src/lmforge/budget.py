@@ -72,10 +72,16 @@ def plan_budget(cfg: DictConfig, world_size: int, block_len: int) -> dict[str, A
 
 
 def describe(scale: dict[str, Any]) -> str:
+    if "data_parallel_size" in scale:  # tensor parallel: the ranks of a group share each batch
+        per = (
+            f"{scale['micro_batch_size']} per replica x {scale['data_parallel_size']} data-parallel replica(s) of "
+            f"{scale['world_size'] // scale['data_parallel_size']} tensor-parallel devices"
+        )
+    else:
+        per = f"{scale['micro_batch_size']} per device x {scale['world_size']} device(s)"
     text = (
-        f"global batch {scale['global_batch_size']} = {scale['micro_batch_size']} per device x "
-        f"{scale['world_size']} device(s) x {scale['accumulate_grad_batches']} accumulation step(s); "
-        f"{scale['tokens_per_step']:,} tokens per step"
+        f"global batch {scale['global_batch_size']} = {per} x {scale['accumulate_grad_batches']} accumulation "
+        f"step(s); {scale['tokens_per_step']:,} tokens per step"
     )
     if scale["max_tokens"] is not None:
         text += f"; max_tokens {scale['max_tokens']:,} -> {scale['max_steps']:,} steps"

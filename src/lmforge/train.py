@@ -44,6 +44,7 @@ from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
 from lmforge.parallel.init import build_model, instantiate_objective
 from lmforge.parallel.launch import isolated_job
+from lmforge.parallel.tensor import check_tensor_parallel
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
 from lmforge.param_count import describe_parameters
@@ -125,7 +126,11 @@ def build_trainer(
     max_tokens) is planned first, for the world size the Trainer will have, and written into cfg.trainer: the
     Trainer is built with the final accumulation and max_steps (and config.yaml shows them)."""
     world_size = planned_world_size(cfg.trainer)
-    batch_facts = plan_budget(cfg, world_size, block_len)
+    # the budget counts model replicas: ranks of one tensor-parallel group share each batch
+    replicas = check_tensor_parallel(cfg, world_size)
+    batch_facts = plan_budget(cfg, replicas, block_len)
+    if replicas != world_size:
+        batch_facts.update(world_size=world_size, data_parallel_size=replicas)
     # Signals stop the run with a checkpoint whatever the callbacks config says (lmforge/callbacks/preemption.py).
     callbacks = [*_instantiate_group(cfg.get("callbacks")), *(extra_callbacks or []), Preemption()]
     loggers = _instantiate_group(cfg.get("logger"))

@@ -26,6 +26,7 @@ from lightning.fabric.utilities.throughput import Throughput
 
 from lmforge.flops import training_flops
 from lmforge.log_steps import is_log_step
+from lmforge.parallel.tensor import tensor_parallel_size
 from lmforge.perf import DevicePeak, memory_gb, resolve_peak
 
 
@@ -57,6 +58,7 @@ class ThroughputMFU(L.Callback):
             raise ValueError(f"warmup_steps must be >= 0 and window >= 2, got {warmup_steps} and {window}")
         self.warmup_steps, self.window, self.peak_override = warmup_steps, window, peak_flops
         self.peak: DevicePeak | None = None
+        self.tp = self.replicas = 1
         self._reset()
 
     def _reset(self) -> None:
@@ -77,6 +79,10 @@ class ThroughputMFU(L.Callback):
             return
         self._reset()
         self.world_size = trainer.world_size
+        # A tensor-parallel group (tp ranks) processes one batch together: totals count each group's batch once
+        # (x data-parallel size), and each rank does 1/tp of that batch's FLOPs.
+        self.tp = tensor_parallel_size(trainer)
+        self.replicas = self.world_size // self.tp
         self.device = trainer.strategy.root_device
         self.peak = resolve_peak(self.device, str(trainer.precision), self.peak_override)
         if self.device.type == "cpu" and self.peak.source != "config" and self.peak.flops and trainer.num_devices > 1:
@@ -121,6 +127,8 @@ class ThroughputMFU(L.Callback):
                 self._mark, self._warm = now, True
             return
         flops = training_flops(getattr(pl_module, "net", pl_module), batch)
+        if flops is not None:
+            flops //= self.tp  # this rank's share of the batch's model FLOPs
         self.flops_known = self.flops_known and flops is not None
         self._pending.add(batch["input_ids"], flops)
         self._pending.steps_done = done
@@ -160,16 +168,16 @@ class ThroughputMFU(L.Callback):
         self._mark = None
 
     def _log(self, pl_module: L.LightningModule, m: dict[str, float], accumulate: int) -> None:
-        ws = self.world_size
+        ws, replicas = self.world_size, self.replicas
         values: dict[str, float] = {"perf/memory_gb": memory_gb(self.device)}
         if "device/samples_per_sec" in m:
             values.update(
                 {
-                    "perf/tokens_per_sec": m["device/items_per_sec"] * ws,
-                    "perf/samples_per_sec": m["device/samples_per_sec"] * ws,
+                    "perf/tokens_per_sec": m["device/items_per_sec"] * replicas,
+                    "perf/samples_per_sec": m["device/samples_per_sec"] * replicas,
                     "perf/step_time_s": accumulate / m["device/batches_per_sec"],
-                    "perf/device/tokens_per_sec": m["device/items_per_sec"],
-                    "perf/device/samples_per_sec": m["device/samples_per_sec"],
+                    "perf/device/tokens_per_sec": m["device/items_per_sec"] * replicas / ws,
+                    "perf/device/samples_per_sec": m["device/samples_per_sec"] * replicas / ws,
                 }
             )
         if "device/flops_per_sec" in m:
@@ -202,9 +210,9 @@ class ThroughputMFU(L.Callback):
             return out  # the run ended within its warm-up: no figure would be honest
         out.update(
             {
-                "tokens_per_sec": self.tokens * ws / self.time,
-                "tokens_per_sec_per_device": self.tokens / self.time,
-                "samples_per_sec": self.samples * ws / self.time,
+                "tokens_per_sec": self.tokens * self.replicas / self.time,
+                "tokens_per_sec_per_device": self.tokens * self.replicas / ws / self.time,
+                "samples_per_sec": self.samples * self.replicas / self.time,
                 "step_time_s": self.time / self.steps,
                 "measured_steps": self.steps,
                 "measured_time_s": self.time,

@@ -189,7 +189,10 @@ class LMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        # The strategy's data-parallel replicas and this rank's replica: the ranks of a tensor-parallel group
+        # (trainer.strategy.tensor_parallel_size) read the same batches.
+        shard = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        world, rank = (shard["num_replicas"], shard["rank"]) if shard else (1, 0)
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         if len(sampler) < self.batch_size:
             raise DataError(

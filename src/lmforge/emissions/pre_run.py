@@ -14,13 +14,14 @@ from lmforge.callbacks.emissions import EmissionsCallback
 from lmforge.console import say
 from lmforge.emissions.estimate import EstimateError, estimate_for_run, format_estimate
 from lmforge.flops import training_flops
+from lmforge.parallel.tensor import data_parallel_size
 from lmforge.protocols import BatchBuilder
 
 
 def planned_micro_batches(cfg: DictConfig, trainer: L.Trainer) -> int:
     """Micro batches the run will process: steps x accumulation x data-parallel ranks."""
     accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
-    return max(0, trainer.max_steps) * accumulate * trainer.world_size
+    return max(0, trainer.max_steps) * accumulate * data_parallel_size(trainer)
 
 
 def planned_tokens(cfg: DictConfig, trainer: L.Trainer) -> int:

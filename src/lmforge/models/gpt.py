@@ -17,6 +17,7 @@ from torch import nn
 from lmforge.flops import attention_flops, linear_flops
 from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
 from lmforge.models.masks import check_mask_without_cache
+from lmforge.models.tp_plan import HeadShardedQKV, TPPlan, decoder_tp_plan
 
 # A KV cache is one (key, value) pair per layer, each (batch, heads, time, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -55,9 +56,11 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """`attn_mask`: None for the causal mask, else a boolean "may attend" (batch, 1, t, t) that replaces it
         (lmforge.models.masks: documents, prefixes); only without a cache."""
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        b, t, _ = x.shape
+        # (b, t, 3 * heads * head_dim) -> three (b, heads, t, head_dim). `heads` is read off the output, not taken
+        # from n_head: under tensor parallelism (parallel/tensor.py) this rank computes only its share of the heads.
+        q, k, v = self.qkv(x).chunk(3, dim=2)
+        q, k, v = (z.view(b, t, -1, self.head_dim).transpose(1, 2) for z in (q, k, v))
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
@@ -74,7 +77,7 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         else:  # a single new token attends to everything cached
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        y = y.transpose(1, 2).contiguous().view(b, t, -1)  # (b, t, heads * head_dim)
         return self.proj(y), (k, v)
 
 
@@ -145,6 +148,35 @@ class GPT(FamilyNet):
 
     def position_parameters(self) -> list[nn.Parameter]:
         return [self.wpe.weight]
+
+    @staticmethod
+    def tp_sharded_sizes(**kwargs) -> dict[str, int]:
+        """What tensor parallelism splits evenly, by the config key that sets it (parallel/tensor.py checks)."""
+        cfg = GPTConfig(**{"vocab_size": 1, **kwargs})
+        return {
+            "model.net.n_head": cfg.n_head,
+            "the MLP width model.net.mlp_ratio x d_model": cfg.mlp_ratio * cfg.d_model,
+        }
+
+    def tp_plan(self, sequence_parallel: bool = False) -> TPPlan:
+        """Tensor-parallel plan (applied by lmforge.parallel.tensor). The fused qkv is not column-sharded: its
+        rows are [q | k | v], so an even split of them would hand a rank all of q and half of k. Its weight stays
+        replicated and each rank keeps only its heads of the output (HeadShardedQKV); attention, the output
+        projection and the MLP are sharded. The embedding and LM head are tied and stay replicated: the loss needs
+        the whole logits on every rank for the objectives' metrics."""
+        return decoder_tp_plan(
+            attention={
+                "attn.qkv": HeadShardedQKV(self.config.n_head, self.config.d_model // self.config.n_head),
+                "attn.proj": "row",
+            },
+            mlp={"mlp.fc": "col", "mlp.proj": "row"},
+            norms=("ln_1", "ln_2"),
+            final_norm="ln_f",
+            block_args=3,  # Block(x, past, attn_mask)
+            attn_args=3,  # CausalSelfAttention(x, past, attn_mask)
+            vocab_parallel=False,
+            sequence_parallel=sequence_parallel,
+        )
 
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
         b, t = batch["input_ids"].shape[:2]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ from lmforge.models.positions import (
     rope_cos_sin,
     sinusoidal_table,
 )
+from lmforge.models.tp_plan import TPPlan, decoder_tp_plan
 
 # A KV cache is one (key, value) pair per layer, each (batch, n_kv_head, time, head_dim), keys already rotated.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -153,23 +155,26 @@ class Attention(nn.Module):
         """`rope`: (cos, sin) of the new tokens' positions; `mask`: None for SDPA's own causal mask, else a boolean
         "may attend" or an additive float bias (ALiBi, causal mask folded in), broadcastable to (b, h, t, k_len)."""
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # Head counts are read off the projections' outputs: under tensor parallelism (parallel/tensor.py) q, k, v
+        # are column-sharded and this rank holds n_head / tp query and n_kv_head / tp key/value heads.
+        q = self.q(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (b, heads, t, head_dim)
+        k = self.k(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (b, kv_heads, t, head_dim)
+        v = self.v(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        n_head, n_kv_head = q.size(1), k.size(1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         present = (k, v)
-        if self.n_kv_head != self.n_head:  # each kv head serves n_head / n_kv_head consecutive query heads
-            groups = self.n_head // self.n_kv_head
+        if n_kv_head != n_head:  # each kv head serves n_head / n_kv_head consecutive query heads
+            groups = n_head // n_kv_head
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.o(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)), present
+        return self.o(y.transpose(1, 2).reshape(b, t, n_head * self.head_dim)), present
 
 
 class MLP(nn.Module):
@@ -250,6 +255,42 @@ class Llama(FamilyNet):
 
     def position_parameters(self) -> list[nn.Parameter]:
         return [self.wpe.weight] if self.wpe is not None else []
+
+    @staticmethod
+    def tp_sharded_sizes(**kwargs) -> dict[str, int]:
+        """What tensor parallelism splits evenly, by the config key that sets it (parallel/tensor.py checks)."""
+        cfg = LlamaConfig(**{"vocab_size": 1, **kwargs})
+        assert cfg.n_kv_head is not None and cfg.d_ff is not None
+        if cfg.position == "alibi":
+            raise ConfigError(
+                "tensor parallelism with model.net.position=alibi is not supported: ALiBi's bias covers all n_head "
+                "heads while a rank computes only its share; use position=rope, or tensor_parallel_size=1."
+            )
+        return {"model.net.n_head": cfg.n_head, "model.net.n_kv_head": cfg.n_kv_head, "model.net.d_ff": cfg.d_ff}
+
+    def tp_plan(self, sequence_parallel: bool = False) -> TPPlan:
+        """Tensor-parallel plan (applied by lmforge.parallel.tensor): column-parallel q, k, v and MLP gate/up,
+        row-parallel o and down; untied, the embedding is vocabulary-parallel (rows split) and the LM head
+        column-parallel with its logits gathered (the objectives' metrics need every rank to see the whole
+        vocabulary); tied, both stay replicated (one tensor cannot be distributed twice)."""
+        if self.config.position == "alibi":
+            raise ConfigError(
+                "tensor parallelism with model.net.position=alibi is not supported: ALiBi's bias covers all n_head "
+                "heads while a rank computes only its share; use position=rope, or tensor_parallel_size=1."
+            )
+        mlp: dict[str, Any] = {"mlp.up": "col", "mlp.down": "row"}
+        if self.config.mlp == "swiglu":
+            mlp["mlp.gate"] = "col"
+        return decoder_tp_plan(
+            attention={"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row"},
+            mlp=mlp,
+            norms=("norm_1", "norm_2"),
+            final_norm="norm_f",
+            block_args=4,  # Block(x, rope, mask, past)
+            attn_args=4,  # Attention(x, rope, mask, past)
+            vocab_parallel=not self.config.tie_word_embeddings,
+            sequence_parallel=sequence_parallel,
+        )
 
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
         b, t = batch["input_ids"].shape[:2]

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
 from lmforge.log_steps import is_log_step
+from lmforge.parallel.tensor import data_parallel_size, grad_norm
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
 
@@ -92,7 +93,8 @@ class LMObjective(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)
         self._stop_if_loss_diverged(loss)
-        self.tokens_seen += self.batch_tokens(batch) * self.trainer.world_size
+        # shapes only, no device sync; a tensor-parallel group shares one batch, counted once
+        self.tokens_seen += self.batch_tokens(batch) * data_parallel_size(self.trainer)
         # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a device sync per step;
         # the progress bar reads train/loss itself at the logging steps (callbacks/progress.py).
         self.log("train/loss", loss)
@@ -157,8 +159,7 @@ class LMObjective(L.LightningModule):
             return
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
         if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
-            self.log("grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+            self.log("grad_norm", grad_norm(grads))  # FSDP/TP: DTensors, on one or two meshes
 
     # -- optimisation --
     def configure_optimizers(self) -> Any:  # Lightning's OptimizerLRSchedulerConfig, as a plain dict

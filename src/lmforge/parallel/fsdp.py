@@ -8,6 +8,7 @@ over gloo on CPU and NCCL on GPUs.
 
 from __future__ import annotations
 
+import types
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ _GATHERED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """Fully sharded data parallel over every rank (a 1-D mesh: data parallel = world size, tensor parallel = 1).
+    """Fully sharded data parallel over the (data_parallel, tensor_parallel) device mesh's first dimension, and
+    tensor parallelism over its second (lmforge.parallel.tensor; 1 by default: FSDP over every rank).
 
     reshard_after_forward  true: free each block's gathered weights after its forward and gather again for backward
                            (FULL_SHARD / ZeRO-3, least memory); false: keep them until backward (SHARD_GRAD_OP /
@@ -42,6 +44,9 @@ class FSDP2Strategy(ModelParallelStrategy):
                            so a model larger than one device's memory can be built
     save_distributed_checkpoint  true: a checkpoint is a folder with one shard per rank (torch distributed
                            checkpoint; resumable on another world size); false: one consolidated file from rank 0
+    tensor_parallel_size   ranks that split each block's matmuls (column/row-parallel, the family's tp_plan);
+                           must divide the world size and the head counts (checked before the run starts)
+    sequence_parallel      with tensor parallelism: norms and dropout each see 1/tp of the sequence positions
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         cpu_offload: bool = False,
         meta_init: bool = True,
         save_distributed_checkpoint: bool = True,
+        tensor_parallel_size: int = 1,
+        sequence_parallel: bool = False,
         **kwargs: Any,
     ):
         if mixed_precision not in MIXED_PRECISION:
@@ -62,11 +69,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.mixed_precision = mixed_precision
         self.cpu_offload = bool(cpu_offload)
         self.meta_init = bool(meta_init)
+        self.tensor_parallel_size = int(tensor_parallel_size)  # validated by parallel/tensor.check_tensor_parallel
+        self.sequence_parallel = bool(sequence_parallel)
 
     def setup_environment(self) -> None:
         # Shard over all ranks of all nodes; ModelParallelStrategy's "auto" would shard within a node only.
-        self._data_parallel_size = self.num_nodes * self.num_processes
-        self._tensor_parallel_size = 1
+        # Tensor-parallel groups are consecutive ranks (the mesh's last dimension): within a node where they fit.
+        self._data_parallel_size = self.num_nodes * self.num_processes // self.tensor_parallel_size
+        self._tensor_parallel_size = self.tensor_parallel_size
         super().setup_environment()
 
     def mp_policy(self, precision: str):
@@ -86,6 +96,20 @@ class FSDP2Strategy(ModelParallelStrategy):
             rank_zero_warn("trainer.strategy.cpu_offload=true has no effect on a CPU: the weights are in host memory.")
             return OffloadPolicy()
         return CPUOffloadPolicy()
+
+    def parallelize(self, net: nn.Module, blocks: list[nn.Module]) -> None:
+        """Tensor parallelism, before anything else wraps the blocks (as torchtitan: TP, then AC/compile, FSDP)."""
+        if self.tensor_parallel_size > 1:
+            from lmforge.parallel.tensor import apply_tensor_parallel, clip_grad_norm_across_meshes
+
+            apply_tensor_parallel(net, blocks, self.device_mesh["tensor_parallel"], self.sequence_parallel)
+            # trainer.gradient_clip_val: torch's clip_grad_norm_ cannot combine the 2-D (TP) and 1-D (FSDP-only)
+            # DTensors; Lightning's precision plugin calls this method, so this instance's is replaced.
+            plugin = self.precision_plugin
+            plugin.clip_grad_by_norm = types.MethodType(  # type: ignore[method-assign]
+                lambda p, optimizer, clip_val: clip_grad_norm_across_meshes(p.main_params(optimizer), clip_val),
+                plugin,
+            )
 
     def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
         fully_shard_net(

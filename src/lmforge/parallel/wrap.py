@@ -1,5 +1,6 @@
 """What `LMObjective.configure_model` applies, for every strategy, once per run:
 
+  tensor (+ sequence) parallelism by the family's plan  (`trainer.strategy.tensor_parallel_size=N`)
   activation checkpointing per transformer block  (`activation_checkpointing=true`)
   torch.compile per block or of the whole net     (`compile=true|blocks|model`)
   FSDP2 sharding per block, then the root         (`trainer=fsdp`)
@@ -109,6 +110,8 @@ def configure_model(objective) -> None:
     net, strategy = objective.net, objective.trainer.strategy
     sharded = isinstance(strategy, FSDP2Strategy)
     blocks = transformer_blocks(net) if (sharded or options.activation_checkpointing or options.compile) else []
+    if sharded:
+        strategy.parallelize(net, blocks)  # tensor parallelism first (trainer.strategy.tensor_parallel_size)
     if options.activation_checkpointing:
         checkpoint_blocks(blocks)
     compile_net(net, blocks, options.compile)
@@ -144,4 +147,7 @@ def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
             "cpu_offload": strategy.cpu_offload,
             "meta_init": strategy.meta_init,
         }
+        # the device mesh: data-parallel replicas x tensor-parallel ranks per replica
+        tp = strategy.tensor_parallel_size
+        facts["mesh"] = {"dp": int(trainer.world_size) // tp, "tp": tp, "sequence_parallel": strategy.sequence_parallel}
     return facts
