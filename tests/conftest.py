@@ -116,3 +116,9 @@ def fit_then_validate(model: L.LightningModule, train, val, steps: int, root: Pa
     )
     trainer.fit(model, train, val)
     return trainer
+
+
+def some_slow(values, fast):
+    """Parameters for a test, the ones not in `fast` marked slow: every case runs in CI (`-m slow`), and the default
+    run keeps a few that cover each path (each case is a whole train.py process, ~7 s)."""
+    return [pytest.param(v, marks=() if v in fast else pytest.mark.slow) for v in values]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_dir_from_output, run_train
+from conftest import TINY, run_dir_from_output, run_train, some_slow
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", some_slow(CASES, fast={"missing corpus", "monitor typo", "several at once"}))
 def test_config_mistakes_fail_fast_and_clearly(name, text_corpus):
     overrides, expected = CASES[name]
     args = [*TINY, "data=text", f"data.path={text_corpus}", "logger=csv", *overrides]
@@ -157,7 +157,7 @@ LLAMA_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(LLAMA_CASES))
+@pytest.mark.parametrize("name", some_slow(LLAMA_CASES, fast={"kv heads"}))
 def test_llama_shape_mistakes_fail_fast_and_clearly(name, text_corpus):
     overrides, expected = LLAMA_CASES[name]
     proc = run_train([*LLAMA_TINY, "data=text", f"data.path={text_corpus}", "logger=csv", *overrides])
@@ -168,7 +168,7 @@ def test_llama_shape_mistakes_fail_fast_and_clearly(name, text_corpus):
     assert "Epoch" not in proc.stdout, "training started despite the bad input"
 
 
-@pytest.mark.parametrize("where", ["run folder", "sweep folder", "cache folder"])
+@pytest.mark.parametrize("where", some_slow(["run folder", "sweep folder", "cache folder"], fast={"run folder"}))
 def test_a_folder_that_cannot_be_written_is_one_message(where, text_corpus, tmp_path):
     """As root (CI) permissions do not stop a write, so the unwritable folder here has a file in its way; a read-only
     filesystem or a permission error takes the same path (errors.folder_error)."""

@@ -174,6 +174,7 @@ def test_resume_continues_the_same_wandb_run(first, text_corpus):
     assert f"wandb sync {offline} {resumed_offline}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_multirun_is_one_wandb_group_of_separate_runs(text_corpus):
     proc = run_train(
         [
@@ -199,6 +200,7 @@ def test_multirun_is_one_wandb_group_of_separate_runs(text_corpus):
     assert all(r.exit_code == 0 for r in runs)
 
 
+@pytest.mark.slow
 def test_wandb_online_without_network_falls_back_to_offline(text_corpus, monkeypatch):
     # An API key and a W&B server that refuses connections: the online start gives up after init_timeout and the
     # run logs offline in its folder instead of failing (issue 17: a tracker never stops training).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_dir_from_output, run_train
+from conftest import REPO, TINY, run_dir_from_output, run_train, some_slow
 
 CLOCK = ["callbacks.model_checkpoint.every_n_steps=5", "callbacks.model_checkpoint.keep_last=2"]
 
@@ -72,7 +72,14 @@ def wait_for_training(proc: subprocess.Popen, run_dir: Path, timeout: float = 18
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+@pytest.mark.parametrize(
+    "signum,code",
+    [
+        (signal.SIGTERM, 143),
+        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+        pytest.param(signal.SIGUSR1, 138, marks=pytest.mark.slow),
+    ],
+)
 def test_a_signal_saves_at_the_next_step_and_exits_non_zero(signum, code, text_corpus, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_long_run(text_corpus, run_dir)
@@ -242,7 +249,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", some_slow(CASES, fast={"truncated", "another objective", "a newer format"}))
 def test_a_checkpoint_mistake_is_one_message_before_compute(case, clocked_run, bert_checkpoint, text_corpus, tmp_path):
     good = clocked_run / "checkpoints" / "last.ckpt"
     path, overrides, expected = mistakes(tmp_path, good, bert_checkpoint)[case]
@@ -308,6 +315,7 @@ def test_a_finished_run_resumed_by_path_without_more_steps_says_so(clocked_run, 
     assert "is at step 23, and trainer.max_steps=23: nothing to train" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_a_new_learning_rate_stops_or_applies_it(clocked_run, text_corpus, tmp_path):
     ckpt = f"ckpt_path={clocked_run}/checkpoints/last.ckpt"
     args = [*TINY, *data(text_corpus), "trainer.max_steps=26", ckpt, "model.optimizer.lr=1e-4"]

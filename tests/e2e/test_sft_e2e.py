@@ -61,6 +61,7 @@ def test_a_tiny_sft_run_reports_exact_match_and_real_token_counts(sft_run):
     assert "prediction:" in (sft_run / "samples.txt").read_text()
 
 
+@pytest.mark.slow
 def test_generate_streams_an_answer_from_the_run_folder_and_refuses_bad_paths(sft_run, tmp_path):
     proc = generate(
         str(sft_run), "--prompt", "Reverse the words: king queen", "--max-new-tokens", "8", "--temperature", "0"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_dir_from_output, run_train
+from conftest import TINY, run_dir_from_output, run_train, some_slow
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_default_logger_is_an_offline_wandb_run_in_the_run_folder(text_corpus):
 CONSOLE_SCRIPT = Path(sys.executable).with_name("lmforge-train")  # pyproject's [project.scripts], once installed
 
 
-@pytest.mark.parametrize("entry", ["lmforge-train", "python -m lmforge.train"])
+@pytest.mark.parametrize("entry", some_slow(["lmforge-train", "python -m lmforge.train"], fast={"lmforge-train"}))
 def test_console_entry_points_find_the_config_from_any_folder(entry, tmp_path):
     if entry == "lmforge-train" and not CONSOLE_SCRIPT.exists():
         pytest.skip("lmforge is not installed here (pip install -e .)")

@@ -177,6 +177,7 @@ with open(f"{{out}}/summary_rank{{tr.global_rank}}.json", "w") as f:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_two_processes_count_one_node_once(tmp_path):
     out = tmp_path / "ddp"
