@@ -10,7 +10,8 @@ import pytest
 from conftest import TINY, WORDS, run_dir_from_output, run_train
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from lmforge.data.pairs import LengthBuckets, PairsDataModule, read_pairs
+from lmforge.data.padded import LengthBuckets
+from lmforge.data.pairs import PairsDataModule, read_pairs
 from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.errors import ConfigError, DataError
 from lmforge.objectives.seq2seq import Seq2SeqLM

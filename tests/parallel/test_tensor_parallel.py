@@ -84,6 +84,9 @@ def _worker(rank: int, port: int, name: str, sequence_parallel: bool, out: dict)
         }
         if rank == 0:
             out.update(result)
+        # both ranks leave together: a rank that tears gloo down while the other still talks to it aborts
+        # ("terminate called without an active exception", seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -25,12 +25,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.locking import build_once
-from lmforge.data.padded import FixedOrder, LengthBuckets, write_ragged
+from lmforge.data.padded import FixedOrder, bucketed_loader, write_ragged
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
@@ -428,21 +427,17 @@ class ClassificationDataModule(L.LightningDataModule):
         # Validation: a fixed permutation, bucketed in windows and not sorted as a whole, so the first batches (all
         # of them under trainer.limit_val_batches) are a fair sample rather than the shortest examples.
         order = RandomSampler(data) if shuffle else FixedOrder(len(data))
-        batches = LengthBuckets(
-            order,
-            batch_size,
-            lengths=[data.length(i) for i in range(len(data))],
-            bucket_size=self.bucket_size,
-            shuffle=shuffle,
-        )
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return DataLoader(
+        lengths = [data.length(i) for i in range(len(data))]
+        return bucketed_loader(
             data,
-            batch_sampler=batches,
-            collate_fn=self.collate.for_split(split),
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
+            order,
+            lengths,
+            batch_size,
+            self.bucket_size,
+            shuffle,
+            self.collate.for_split(split),
+            self.num_workers,
+            self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

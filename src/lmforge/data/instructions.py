@@ -30,13 +30,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from lmforge.console import say
 from lmforge.data.corpus import read_text
 from lmforge.data.locking import build_once
-from lmforge.data.padded import LengthBuckets
+from lmforge.data.padded import bucketed_loader
 from lmforge.data.token_cache import split_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
@@ -460,23 +459,19 @@ class InstructionsDataModule(L.LightningDataModule):
             raise RuntimeError("build() and set_batch_builder() must run before loaders are made")
         data = self._split(split)
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
-        batches = LengthBuckets(
-            sampler,
-            batch_size,
-            lengths=data.lengths.tolist(),
-            # validation in split order (a window of one batch: nothing moves across batches), so the first
-            # examples that val/exact_match decodes are a fixed sample of the split, not its shortest
-            bucket_size=self.bucket_size if shuffle else 1,
-            shuffle=shuffle,
-        )
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return DataLoader(
+        # validation in split order (a window of one batch: nothing moves across batches), so the first examples
+        # that val/exact_match decodes are a fixed sample of the split, not its shortest
+        bucket_size = self.bucket_size if shuffle else 1
+        return bucketed_loader(
             data,
-            batch_sampler=batches,
-            collate_fn=self.batch_builder.for_split(split),
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
+            sampler,
+            data.lengths.tolist(),
+            batch_size,
+            bucket_size,
+            shuffle,
+            self.batch_builder.for_split(split),
+            self.num_workers,
+            self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,6 +1,6 @@
-"""What data served as padded sequences (data=pairs, data=classification) shares: ragged token storage in a cache
-entry, and length-bucketed batches (sequences of similar length share a batch, so padding to the longest in each
-wastes little)."""
+"""What data served as padded sequences (data=pairs, data=classification, data=instructions) shares: ragged token
+storage in a cache entry, and length-bucketed batches (sequences of similar length share a batch, so padding to the
+longest in each wastes little) served by one kind of loader."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import BatchSampler, Sampler
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 def write_ragged(folder: Path, stem: str, sequences: list[list[int]], dtype) -> np.ndarray:
@@ -52,6 +53,30 @@ class LengthBuckets(BatchSampler):
         if self.shuffle:
             random.Random(zlib.crc32(np.asarray(order, dtype=np.int64).tobytes())).shuffle(batches)
         yield from batches
+
+
+def bucketed_loader(
+    data: Dataset,
+    order: Sampler,
+    lengths: Sequence[int],
+    batch_size: int,
+    bucket_size: int | None,
+    shuffle: bool,
+    collate,
+    num_workers: int,
+    pin_memory: bool | None,
+) -> DataLoader:
+    """The loader of a padded data module: `order`'s indices in LengthBuckets, collated by the objective's builder.
+    pin_memory None: on when CUDA is there."""
+    batches = LengthBuckets(order, batch_size, lengths=lengths, bucket_size=bucket_size, shuffle=shuffle)
+    return DataLoader(
+        data,
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+    )
 
 
 class FixedOrder(Sampler[int]):

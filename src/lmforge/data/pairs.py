@@ -23,13 +23,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
-from lmforge.data.padded import LengthBuckets, write_ragged
+from lmforge.data.padded import bucketed_loader, write_ragged
 from lmforge.data.token_cache import splits_of, token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
@@ -419,22 +418,17 @@ class PairsDataModule(L.LightningDataModule):
         data = TokenPairs(self._cache().dir, split, self._cache().meta["dtype"], with_text=split != "train")
         lengths = [data.source_length(i) for i in range(len(data))]
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
-        batches = LengthBuckets(
-            sampler,
-            batch_size,
-            drop_last=False,
-            lengths=lengths,
-            bucket_size=self.bucket_size if shuffle else None,
-            shuffle=shuffle,
-        )
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return DataLoader(
+        bucket_size = self.bucket_size if shuffle else None  # validation: sorted by length as a whole
+        return bucketed_loader(
             data,
-            batch_sampler=batches,
-            collate_fn=self.collate.for_split(split),
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
+            sampler,
+            lengths,
+            batch_size,
+            bucket_size,
+            shuffle,
+            self.collate.for_split(split),
+            self.num_workers,
+            self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
