@@ -224,8 +224,14 @@ class MaskedLM(LMObjective):
         return token_cross_entropy(self.logits(batch), batch["labels"])
 
     def eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        logits, labels = self.logits(batch), batch["labels"]
-        loss, n = token_cross_entropy(logits, labels)
+        logits = self.logits(batch)
+        self._eval_mlm(batch, batch_idx, stage, logits, *token_cross_entropy(logits, batch["labels"]))
+
+    def _eval_mlm(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str, logits: torch.Tensor, loss, n
+    ) -> None:
+        """The masked-LM part of an evaluation step: val_loss, masked-token accuracy, the samples' preview batch."""
+        labels = batch["labels"]
         self.val_loss.update(loss, n)
         chosen = labels != IGNORE_INDEX
         self.val_acc.update(logits[chosen].argmax(dim=-1), labels[chosen])

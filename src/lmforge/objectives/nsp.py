@@ -179,15 +179,11 @@ class SentencePairLM(MaskedLM):
         if not self.nsp:
             return super().eval_step(batch, batch_idx, stage)
         mlm_loss, n, mlm_logits, pair_logits, pair_loss = self.pair_losses(batch)
-        labels = batch["labels"]
-        self.val_loss.update(mlm_loss, n)  # val/loss: the MLM loss alone, comparable with model=bert
-        chosen = labels != IGNORE_INDEX
-        self.val_acc.update(mlm_logits[chosen].argmax(dim=-1), labels[chosen])
+        # val/loss: the MLM loss alone, comparable with model=bert
+        self._eval_mlm(batch, batch_idx, stage, mlm_logits, mlm_loss, n)
         target = batch["next_sentence_label"]
         self.val_nsp_loss.update(pair_loss, target.numel())
         self.val_nsp_acc.update(pair_logits.argmax(dim=-1), target)
-        if batch_idx == 0 and stage == "val":
-            self._preview = {k: v[:8].detach().cpu() for k, v in batch.items() if torch.is_tensor(v)}
 
     def on_eval_epoch_end(self, stage: str) -> None:
         super().on_eval_epoch_end(stage)
