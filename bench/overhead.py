@@ -10,10 +10,14 @@ default threads. The plain loop is only that: a batch from the loader, forward, 
 schedule. lmforge runs as a user runs it, with its default callbacks and loggers on (throughput/MFU, emissions
 tracking, checkpoints on the step clock, samples, the progress bar, W&B offline and CSV).
 
-Steady state: seconds per optimizer step after the first 5 steps, without validation, checkpoints and samples
-(lmforge's own perf/step_time_s in summary.json, which leaves those out; the plain loop has none). Each round
-runs both, in alternating order, as separate processes, so load on the machine hits them alike; the report gives
-the median of each and the ratio of the medians, and every round's figures.
+Steady state: both sides read the same two clocks at the end of every optimizer step (bench/step_timer.py: wall
+and the process's CPU time; lmforge through a bench-only callback added to the run), leave out the first 5 steps
+and average the rest with the slowest 2% dropped (on both sides: lmforge's checkpoint saves on the step clock,
+garbage collections, a burst of load), so the end-of-run validation is outside the figure. On a machine other
+work is loading, wall time measures the wait for a core too; CPU time measures the work done, and is the figure
+to read there (`--threads 1` keeps each side to one thread, so that the two are comparable under contention).
+Each round runs both, in alternating order, as separate processes, so load on the machine hits them alike; the
+report gives the median over rounds of each and the ratio of the medians, and every round's figures.
 """
 
 from __future__ import annotations
@@ -25,14 +29,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 5  # steps left out of the figure, as callbacks.throughput.warmup_steps
+CLOCKS = (("wall", "step_time_s"), ("cpu", "step_cpu_s"))  # the two clocks both sides read, by figure name
+TRIM = 0.02  # the slowest share of steps left out on both sides (checkpoint saves, collections, load bursts)
 
-# The two sizes issue 18 names: a tiny GPT (0.8M parameters, character vocabulary), and the default model=gpt.
+# The two sizes issue 18 names: a tiny GPT (0.8M parameters, character vocabulary), and the default model=gpt; and
+# a GPT so small that a step is nearly all framework: the difference there is what lmforge costs per step, in ms.
 SIZES = {
+    "micro": [
+        "model.net.n_layer=1",
+        "model.net.n_head=1",
+        "model.net.d_model=16",
+        "model.net.max_seq_len=16",
+        "tokenizer=char",
+        "data.seq_len=16",
+        "data.batch_size=2",
+    ],
     "tiny": [
         "model.net.n_layer=4",
         "model.net.n_head=4",
@@ -44,13 +59,25 @@ SIZES = {
     ],
     "default": [],
 }
-STEPS = {"tiny": 600, "default": 150}
+STEPS = {"micro": 600, "tiny": 600, "default": 150}
 COMMON = ["model=gpt", "data=shakespeare", "trainer.precision=32-true"]
+
+
+def steady(per_step_s: list[float]) -> float:
+    """Mean seconds per step after WARMUP steps, the slowest TRIM of them left out."""
+    kept = sorted(per_step_s[WARMUP:])
+    kept = kept[: max(1, round(len(kept) * (1 - TRIM)))]
+    return sum(kept) / len(kept)
+
+
+def figures(timed: dict[str, list[float]]) -> dict[str, float]:
+    return {"step_time_s": steady(timed["step_wall_s"]), "step_cpu_s": steady(timed["step_cpu_s"])}
 
 
 def plain_loop(overrides: list[str], steps: int) -> dict[str, float]:
     """The raw PyTorch loop, in this process: seconds per step after WARMUP steps."""
     sys.path.insert(0, str(REPO / "src"))
+    sys.path.insert(0, str(REPO / "bench"))
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -73,10 +100,11 @@ def plain_loop(overrides: list[str], steps: int) -> dict[str, float]:
         [{"params": decay, "weight_decay": cfg.model.optimizer.weight_decay}, {"params": no_decay, "weight_decay": 0}]
     )
     scheduler = instantiate(cfg.model.scheduler)(optimizer=optimizer, total_steps=steps)
-    times: list[float] = []
+    from step_timer import clocks, per_step
+
+    marks = [clocks()]
     batches = iter(())
-    while len(times) < steps:
-        started = time.perf_counter()
+    while len(marks) <= steps:
         try:
             batch = next(batches)
         except StopIteration:
@@ -89,24 +117,34 @@ def plain_loop(overrides: list[str], steps: int) -> dict[str, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        times.append(time.perf_counter() - started)
-    steady = times[WARMUP:]
-    return {"step_time_s": sum(steady) / len(steady), "final_loss": float(loss)}
+        marks.append(clocks())
+    return {**figures(per_step(marks)), "final_loss": float(loss)}
 
 
 def lmforge_run(overrides: list[str], steps: int, folder: Path) -> dict[str, float]:
-    """`python train.py` as a user types it; its summary.json's steady-state step time."""
+    """`python train.py` as a user types it, plus the bench's step clock (bench/step_timer.py)."""
     args = [
         *overrides,
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={steps}",  # one validation, at the end: not in the figure
         f"hydra.run.dir={folder}",
+        "+callbacks.step_timer._target_=step_timer.StepTimer",
+        "+callbacks.step_timer.output_dir=${paths.output_dir}",
+        "+callbacks.step_timer.tokens_per_step=1",
+        "+callbacks.step_timer.skip=0",
     ]
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(REPO / "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"train.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((folder / "summary.json").read_text())
-    return {"step_time_s": summary["perf"]["step_time_s"], "final_loss": summary["metrics"].get("train/loss", 0.0)}
+    timed = json.loads((folder / "step_timer.json").read_text())
+    return {
+        **figures(timed),
+        "perf_step_time_s": summary["perf"]["step_time_s"],  # lmforge's own figure, for comparison
+        "final_loss": summary["metrics"].get("train/loss", 0.0),
+    }
 
 
 def run_plain_in_subprocess(overrides: list[str], steps: int) -> dict[str, float]:
@@ -123,6 +161,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 600 tiny, 150 default)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "overhead.json")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)  # one plain-loop run (internal)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -131,6 +170,8 @@ def main() -> None:
         args.out.write_text(json.dumps(plain_loop(args.overrides, args.steps)))
         return
 
+    if args.threads:  # inherited by both sides' processes
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -144,38 +185,38 @@ def main() -> None:
                         measured[which] = run_plain_in_subprocess(overrides, steps)
                     else:
                         measured[which] = lmforge_run(overrides, steps, Path(tmp) / f"{size}-{r}")
-                ratio = measured["lmforge"]["step_time_s"] / measured["plain"]["step_time_s"]
-                rounds.append({**{k: v["step_time_s"] for k, v in measured.items()}, "ratio": ratio})
+                rounds.append(measured)
+                ms = {f"{w}_{c}": measured[w][k] * 1e3 for w in measured for c, k in CLOCKS}
                 print(
-                    f"{size} round {r + 1}: plain {measured['plain']['step_time_s'] * 1e3:.2f} ms/step, lmforge "
-                    f"{measured['lmforge']['step_time_s'] * 1e3:.2f} ms/step ({ratio:.3f}x)",
+                    f"{size} round {r + 1}: wall plain {ms['plain_wall']:.2f} ms/step, "
+                    f"lmforge {ms['lmforge_wall']:.2f}; "
+                    f"CPU plain {ms['plain_cpu']:.2f}, lmforge {ms['lmforge_cpu']:.2f}",
                     flush=True,
                 )
-            plain = statistics.median(r["plain"] for r in rounds)
-            ours = statistics.median(r["lmforge"] for r in rounds)
-            results[size] = {
-                "overrides": overrides,
-                "steps": steps,
-                "plain_step_time_s": plain,
-                "lmforge_step_time_s": ours,
-                "ratio_of_medians": ours / plain,
-                "overhead_ms_per_step": (ours - plain) * 1e3,
-                "rounds": rounds,
-            }
+            results[size] = {"overrides": overrides, "steps": steps, "rounds": rounds}
+            for clock, key in CLOCKS:
+                plain = statistics.median(r["plain"][key] for r in rounds)
+                ours = statistics.median(r["lmforge"][key] for r in rounds)
+                results[size][clock] = {
+                    "plain_s": plain,
+                    "lmforge_s": ours,
+                    "ratio_of_medians": ours / plain,
+                    "overhead_ms_per_step": (ours - plain) * 1e3,
+                }
     report = {
         "what": "steady-state seconds per optimizer step: python train.py vs a plain PyTorch loop, same net, "
         "data, optimizer, schedule, clipping and precision (bench/overhead.py)",
-        "machine": {"cpu_count": os.cpu_count(), "threads": _threads()},
+        "machine": {"cpu_count": os.cpu_count(), "threads": _threads(), "load_average_at_end": os.getloadavg()},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'size':8} {'plain ms':>9} {'lmforge ms':>11} {'ratio':>7}")
+    print(f"\n{'size':8} {'clock':5} {'plain ms':>9} {'lmforge ms':>11} {'ratio':>7}")
     for size, r in results.items():
-        print(
-            f"{size:8} {r['plain_step_time_s'] * 1e3:9.2f} {r['lmforge_step_time_s'] * 1e3:11.2f} "
-            f"{r['ratio_of_medians']:7.3f}"
-        )
+        for clock in ("wall", "cpu"):
+            c = r[clock]
+            plain, ours, ratio = c["plain_s"] * 1e3, c["lmforge_s"] * 1e3, c["ratio_of_medians"]
+            print(f"{size:8} {clock:5} {plain:9.2f} {ours:11.2f} {ratio:7.3f}")
     print(f"wrote {args.out}")
 
 

@@ -38,6 +38,7 @@ from lmforge.emissions.estimate import format_projection, project
 from lmforge.emissions.method import describe_method
 from lmforge.emissions.recorder import Reading, make_recorder
 from lmforge.errors import ConfigError
+from lmforge.log_steps import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -349,11 +350,7 @@ class EmissionsCallback(Callback):
         metrics = {"emissions/energy_kwh": r["energy_kwh"], "emissions/co2_kg": r["co2_kg"]}
         if power is not None:
             metrics["emissions/power_w"] = power
-        for lg in getattr(trainer, "loggers", []) or []:
-            try:
-                lg.log_metrics(metrics, step=trainer.global_step)
-            except Exception as e:  # a logger problem is not an emissions problem
-                log.debug("could not log emissions metrics to %s: %s", type(lg).__name__, e)
+        write_metrics(trainer, metrics)
 
     def _total_steps(self, trainer: Any) -> float:
         if getattr(trainer, "max_steps", -1) and trainer.max_steps > 0:

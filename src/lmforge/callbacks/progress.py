@@ -61,6 +61,10 @@ class RunProgressBar(RichProgressBar):
             value = trainer.callback_metrics.get(key)
             if key not in items and value is not None and value.numel() == 1:
                 items[key] = value.item()
+        for callback in trainer.callbacks:  # figures written straight to the loggers (callbacks/throughput.py)
+            for key, value in getattr(callback, "latest", {}).items():
+                if key in SHORT_NAMES:
+                    items[key] = value
         out = {}
         for key, value in items.items():
             short = SHORT_NAMES.get(key, key)

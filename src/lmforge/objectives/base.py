@@ -95,12 +95,14 @@ class LMObjective(L.LightningModule):
         self._stop_if_loss_diverged(loss)
         # shapes only, no device sync; a tensor-parallel group shares one batch, counted once
         self.tokens_seen += self.batch_tokens(batch) * data_parallel_size(self.trainer)
-        # Not prog_bar: Lightning turns progress-bar values into floats after every batch, a device sync per step;
-        # the progress bar reads train/loss itself at the logging steps (callbacks/progress.py).
-        self.log("train/loss", loss)
-        for name, value in parts.items():
-            self.log(name, value)
-        if self._at_log_step():  # a float logged is copied to the device: only where it is written
+        # Logged only in the steps whose metrics Lightning writes: in the others it would throw the values away, but
+        # each self.log still costs ~0.1-1 ms of Python (it walks its result's state to move it to the loss's
+        # device), as much as a small model's forward. Not prog_bar: Lightning turns progress-bar values into floats
+        # after every batch, a device sync; the progress bar reads train/loss itself (callbacks/progress.py).
+        if self._at_log_step():
+            self.log("train/loss", loss)
+            for name, value in parts.items():
+                self.log(name, value)
             self.log("lr", self._current_lr())
         return loss
 
@@ -131,8 +133,10 @@ class LMObjective(L.LightningModule):
     def _at_log_step(self) -> bool:
         """True in the optimizer step whose metrics Lightning writes to the loggers: its own rule, `(steps done + 1)
         % trainer.log_every_n_steps == 0` (steps done is the fit loop's `_batches_that_stepped`, which is
-        `global_step` with one optimizer)."""
-        return is_log_step(self.trainer, self.trainer.global_step + 1)
+        `global_step` with one optimizer); and in the run's last step, whose loss summary.json reports and whose
+        finiteness is checked before the run counts as finished."""
+        step = self.trainer.global_step + 1
+        return is_log_step(self.trainer, step) or step == self.trainer.max_steps
 
     def _stop_if_loss_diverged(self, loss: torch.Tensor) -> None:
         # Reading the loss on the host waits for the device, so it is read only at logging steps (when Lightning
