@@ -21,41 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from lmforge.data.shakespeare import ShakespeareCorpus  # noqa: E402
-from lmforge.data.shakespeare_genre import ShakespeareGenre  # noqa: E402
-
-COMMON = ["trainer=cpu", "logger=csv", "print_config=false", "callbacks.emissions=null"]
-
-
-def train(args: list[str], run_dir: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "train.py"), *args, *COMMON, f"hydra.run.dir={run_dir}"]
-    print("$ python train.py " + " ".join(args), flush=True)
-    started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    if proc.returncode != 0:
-        sys.exit(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["wall_s"] = time.time() - started
-    return summary
-
-
-def pretraining_texts(cache_dir: str, folder: Path) -> list[str]:
-    """Links to every text of the corpus except the genre task's validation plays; the plays left out, back."""
-    texts = Path(ShakespeareCorpus(cache_dir).fetch())
-    held_out = [p for plays in ShakespeareGenre(cache_dir).val_plays().values() for p in plays]
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted(texts.glob("*_gut.txt")):
-        if f.name.removesuffix("_gut.txt") not in held_out and not (folder / f.name).exists():
-            (folder / f.name).symlink_to(f)
-    return held_out
+from pretrain_runs import REPO, cache_dir, finetune_result, pretraining_texts, torch_threads, train
 
 
 def main() -> None:
@@ -68,10 +37,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "logs" / "bench_finetune")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "finetune.json")
     a = parser.parse_args()
-    cache_dir = os.environ.get("LMFORGE_CACHE_DIR", str(Path.home() / ".cache" / "lmforge"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = a.work / stamp
-    held_out = pretraining_texts(cache_dir, work / "pretraining_texts")
+    held_out = pretraining_texts(cache_dir(), work / "pretraining_texts")
 
     size = [f"model.net.n_layer={a.n_layer}", f"model.net.d_model={a.d_model}", f"model.net.d_ff={4 * a.d_model}"]
     pretrain_args = [
@@ -101,17 +69,6 @@ def main() -> None:
         [*finetune, "tokenizer=pretrained", f"tokenizer.path={work / 'pretrain' / 'tokenizer.json'}"], work / "scratch"
     )
 
-    def result(s: dict) -> dict:
-        m = s["metrics"]
-        return {
-            "val_acc": m["val/acc"],
-            "val_f1_macro": m["val/f1"],
-            "val_loss": m["val/loss"],
-            "steps": s["steps"],
-            "params": s["params"],
-            "wall_s": round(s["wall_s"], 1),
-        }
-
     report = {
         "what": "Shakespeare genre (comedy/history/tragedy, split by play) fine-tuned from a pretrained lmforge BERT "
         "vs from random init, same architecture, tokenizer, steps and optimizer",
@@ -137,8 +94,11 @@ def main() -> None:
         },
         "finetune_command": "python train.py " + " ".join(finetune),
         "val_passages_scored": min(a.val_batches * 32, tuned["data"]["val_examples"]),
-        "from_pretrained": {**result(tuned), "init_from": {k: tuned["init_from"][k] for k in ("new", "dropped")}},
-        "from_random_init": result(scratch),
+        "from_pretrained": {
+            **finetune_result(tuned),
+            "init_from": {k: tuned["init_from"][k] for k in ("new", "dropped")},
+        },
+        "from_random_init": finetune_result(scratch),
         "threads": torch_threads(),
         "load_average": list(os.getloadavg()),
     }
@@ -149,12 +109,6 @@ def main() -> None:
         f"val/acc from pretrained {p['val_acc']:.3f} (macro F1 {p['val_f1_macro']:.3f}), from random init "
         f"{r['val_acc']:.3f} (F1 {r['val_f1_macro']:.3f}); chance {report['task']['chance_acc']:.3f} -> {a.out}"
     )
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
