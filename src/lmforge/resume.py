@@ -76,7 +76,7 @@ def plan_resume(cfg: DictConfig, objective: str) -> dict[str, Any] | None:
         version_csv_log(run_dir)
         return None
     path, facts = found
-    check_layout(cfg, path, f"The run in {run_dir} (its newest checkpoint, checkpoints/{path.name},)")
+    check_layout(cfg, path, f"checkpoints/{path.name} (the newest checkpoint of the run in {run_dir})")
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
     say(f"Resuming the run in {run_dir} from checkpoints/{path.name} (step {facts['step']}; {_describe(previous)}).")
