@@ -13,8 +13,8 @@ from hydra.utils import get_class
 
 from lmforge.errors import ConfigError
 
-# What a sharded checkpoint is read down to (and a consolidated file keeps). Its optimizer state is keyed by
-# parameter name, which a resumed non-FSDP run could not load, so resume sharded checkpoints with trainer=fsdp.
+# What a sharded checkpoint is read down to for export and init_from (its weights and what lmforge says of them);
+# consolidation (lmforge/parallel/checkpoint.py) reads it whole, optimizer and loop state included, to resume.
 KEEP = ("state_dict", "lmforge", "epoch", "global_step", "pytorch-lightning_version")
 GIVE = "Give a .ckpt from <run dir>/checkpoints/ (last.ckpt: the newest state)."
 # The layout of the checkpoint's "lmforge" section (objectives/base.py writes it). A reader refuses a newer one
@@ -23,15 +23,16 @@ FORMAT = 1
 SHARDED_META = "meta.pt"  # Lightning's file of the non-tensor state in a sharded folder
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, what: str = "checkpoint", whole: bool = False) -> dict[str, Any]:
     """A checkpoint written by lmforge as one dict of CPU tensors: a file, or a sharded folder gathered into full
-    tensors (only what KEEP lists). `what` names the path in messages (e.g. "ckpt_path")."""
+    tensors (only what KEEP lists, or everything with `whole`). `what` names the path in messages (e.g.
+    "ckpt_path")."""
     path = Path(path)
     if path.is_dir():
         _check_sharded_folder(path, what)
         from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
-        ckpt = {k: v for k, v in _load_distributed_checkpoint(path).items() if k in KEEP}
+        ckpt = {k: v for k, v in _load_distributed_checkpoint(path).items() if whole or k in KEEP}
     else:
         ckpt = _load_file(path, what)
     if "lmforge" not in ckpt or "state_dict" not in ckpt:
@@ -124,7 +125,7 @@ def _check_sharded_folder(path: Path, what: str) -> None:
     if not (path / ".metadata").is_file():
         raise ConfigError(
             f"{_named(what, path)} is a folder but not a checkpoint (a sharded checkpoint folder, which "
-            f"trainer=fsdp writes, has a .metadata file). {GIVE}"
+            f"trainer=fsdp and trainer=tp write, has a .metadata file). {GIVE}"
         )
 
 

@@ -54,6 +54,7 @@ def plan_resume(cfg: DictConfig, objective: str) -> dict[str, Any] | None:
     net = _plain(cfg.model.net)
     if cfg.get("ckpt_path"):  # a wrong checkpoint is one message now, not a traceback after the data is built
         facts = check_resume_checkpoint(cfg.ckpt_path, objective, net)
+        check_layout(cfg, Path(cfg.ckpt_path), "ckpt_path=" + repr(str(cfg.ckpt_path)))
         return {"path": Path(cfg.ckpt_path), "auto": False, **facts}
     if not holds_a_run(run_dir):
         if mode is True:
@@ -75,10 +76,40 @@ def plan_resume(cfg: DictConfig, objective: str) -> dict[str, Any] | None:
         version_csv_log(run_dir)
         return None
     path, facts = found
+    check_layout(cfg, path, f"checkpoints/{path.name} (the newest checkpoint of the run in {run_dir})")
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
     say(f"Resuming the run in {run_dir} from checkpoints/{path.name} (step {facts['step']}; {_describe(previous)}).")
     return {"path": path, "auto": True, **facts}
+
+
+def check_layout(cfg: DictConfig, path: Path, named: str) -> None:
+    """A sharded checkpoint folder (trainer=fsdp or tp: torch distributed checkpoint, one shard per rank) resumes
+    only under the FSDP strategy, which reshards it on load onto any mesh (FSDP or TP, any number of processes).
+    Lightning's other strategies read one file: they would fail on the folder after the data is built."""
+    if not path.expanduser().is_dir() or _uses_fsdp_strategy(cfg):
+        return
+    raise ConfigError(
+        f"{named} is a sharded checkpoint folder (torch distributed checkpoint, written by trainer=fsdp or "
+        f"trainer=tp), which this run's strategy cannot read. Resume it with trainer=fsdp or trainer=tp, on any "
+        f"number of processes (trainer=fsdp trainer.devices=1 for one). For one process or DDP, consolidate it "
+        f"first: python -m lmforge.parallel.checkpoint {path} (writes a resumable file beside it), then resume "
+        "that file with ckpt_path=<that file>."
+    )
+
+
+def _uses_fsdp_strategy(cfg: DictConfig) -> bool:
+    from hydra.utils import get_class
+
+    from lmforge.parallel.fsdp import FSDP2Strategy
+
+    strategy = cfg.trainer.get("strategy")
+    if not isinstance(strategy, DictConfig) or "_target_" not in strategy:
+        return False
+    try:
+        return issubclass(get_class(str(strategy._target_)), FSDP2Strategy)
+    except Exception:  # a strategy that does not import is the Trainer's own error to report
+        return False
 
 
 def holds_a_run(run_dir: Path) -> bool:

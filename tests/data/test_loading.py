@@ -12,7 +12,7 @@ from conftest import TINY, run_dir_from_output, run_train
 
 from lmforge.data.corpus import TextFiles
 from lmforge.data.datamodule import LMDataModule
-from lmforge.data.loading import ResumableSampler
+from lmforge.data.loading import ResumableDataLoader, ResumableSampler
 from lmforge.data.tokenizer import TokenizerSpec
 from lmforge.objectives.clm import PackedCausalBatches
 
@@ -99,6 +99,43 @@ def test_ddp_ranks_get_disjoint_shares_of_the_epoch():
     assert len(set(flat)) == len(flat) == 3 * (103 // 3)
     one = list(ResumableSampler(data, num_replicas=1, rank=0, seed=5))
     assert sorted(flat) == sorted(one[: 3 * (103 // 3)])  # the ranks split the single-process order
+
+
+def _loader(num_replicas: int, rank: int, batch_size: int) -> ResumableDataLoader:
+    data = list(range(103))
+    return ResumableDataLoader(
+        data, batch_size=batch_size, sampler=ResumableSampler(data, num_replicas, rank, seed=5), drop_last=True
+    )
+
+
+def _steps(loaders: list[ResumableDataLoader]) -> list[set[int]]:
+    """The examples each optimizer step reads, over all ranks."""
+    return [{int(i) for b in batches for i in b} for batches in zip(*loaders)]
+
+
+@pytest.mark.parametrize(("before", "after"), [((1, 16), (2, 8)), ((2, 8), (1, 16)), ((2, 4), (1, 12))])
+def test_a_resume_on_another_data_parallel_layout_continues_with_the_next_examples(before, after):
+    """A TP group (one replica) resumed by 2 FSDP ranks, and back: the same examples per step as if the run had not
+    stopped, when the examples read so far make whole steps of the new layout; else the epoch starts over."""
+    (r0, b0), (r1, b1) = before, after
+    full = _steps([_loader(r1, r, b1) for r in range(r1)])
+    stopped = [_loader(r0, r, b0) for r in range(r0)]
+    iters = [iter(loader) for loader in stopped]
+    for _ in range(4):  # 4 steps of the first layout
+        for it in iters:
+            next(it)
+    resumed = [_loader(r1, r, b1) for r in range(r1)]
+    state = stopped[0].state_dict()
+    if 4 * r0 * b0 % (r1 * b1):
+        with pytest.warns(UserWarning, match="restarts from its first batch"):
+            for loader in resumed:
+                loader.load_state_dict(state)
+        assert _steps(resumed) == full
+        return
+    for loader in resumed:
+        loader.load_state_dict(state)
+    done = 4 * r0 * b0 // (r1 * b1)
+    assert _steps(resumed) == full[done:]
 
 
 def test_random_batch_builders_get_a_per_batch_rng_independent_of_workers(text_corpus, tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sized
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -146,15 +146,21 @@ class ResumableDataLoader(DataLoader):
         if (resumable := self._resumable()) is None or not state:
             return
         s, batch_size = resumable
-        same = {
-            "seed": s.seed,
-            "shuffle": s.shuffle,
-            "num_replicas": s.num_replicas,
-            "batch_size": batch_size,
-            "num_blocks": len(cast(Sized, s.dataset)),
-        }
-        changed = {k: (state.get(k), v) for k, v in same.items() if state.get(k) != v}
+        same = {"seed": s.seed, "shuffle": s.shuffle, "num_blocks": len(cast(Sized, s.dataset))}
+        changed: dict[str, tuple[Any, Any]] = {k: (state.get(k), v) for k, v in same.items() if state.get(k) != v}
         epoch, batches = int(state["epoch"]), int(state["batches"])
+        saved_layout = (state.get("num_replicas"), state.get("batch_size"))
+        if saved_layout != (s.num_replicas, batch_size):
+            # Another data-parallel layout (a TP checkpoint resumed with FSDP, 2 ranks resumed on 1): the ranks
+            # together read the epoch's order front to back (rank r takes positions r, r + R, ...), so the examples
+            # all ranks consumed are its first replicas x batch size x batches, whatever the layout. It continues
+            # exactly when that count is a whole number of the new layout's steps.
+            consumed = batches * int(saved_layout[0] or 0) * int(saved_layout[1] or 0)
+            per_step = s.num_replicas * batch_size
+            if consumed % per_step == 0:
+                batches = consumed // per_step
+            else:
+                changed["examples consumed"] = (consumed, f"not a multiple of {s.num_replicas} x {batch_size}")
         if batches >= len(self):  # saved at the end of an epoch: the next one starts afresh
             epoch, batches = epoch + 1, 0
         s.set_epoch(epoch)

@@ -5,5 +5,5 @@ fsdp.py     `trainer=fsdp`: Lightning's ModelParallelStrategy as FSDP2 over all 
 tensor.py   tensor (+ sequence) parallelism by the family's tp_plan(), its config checks, and the mesh-aware grad norm
 init.py     building the net on the meta device and materialising it with the same weights on any world size
 launch.py   ranks Lightning starts itself run exactly this Hydra job, in this job's run folder
-checkpoint.py  read a checkpoint whether it is one file or a sharded (FSDP) folder
+checkpoint.py  consolidate a sharded (FSDP/TP) checkpoint folder into one file that exports and resumes anywhere
 """
