@@ -9,6 +9,7 @@ metrics are the objective's own validation metrics under `test/` (objectives/bas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def test_mode(cfg: DictConfig) -> str | bool:
 def check_test_config(cfg: DictConfig) -> None:
     """test=true on a run without a test split stops before compute, saying how to make one."""
     data = cfg.get("data") or {}
-    if test_mode(cfg) is True and not data.get("test_fraction") and not data.get("test_path"):
+    source = data.get("source") or {}  # a bundled task may hold out its own test split (data=shakespeare_genre)
+    own = isinstance(source, Mapping) and bool(source.get("test_plays_per_genre"))
+    if test_mode(cfg) is True and not data.get("test_fraction") and not data.get("test_path") and not own:
         raise ConfigError(
             "test=true scores the best checkpoint on a test split, and this run has none: set "
             "data.test_fraction=0.05 (a share of the documents) or data.test_path=<file>, or use test=auto."
@@ -118,8 +121,8 @@ def test_after_fit(
     if trainer.is_global_zero and "test/loss" in metrics:
         baseline = section["unigram_test_loss"]
         versus = f"; unigram baseline {baseline:.3f}" if baseline is not None else ""
-        say(
-            f"test/loss {metrics['test/loss']:.3f} (ppl {metrics.get('test/ppl', float('nan')):.1f}) "
-            f"from {where}{versus}"
-        )
+        ppl = f" (ppl {metrics['test/ppl']:.1f})" if "test/ppl" in metrics else ""
+        # the task's own metrics beside the loss: a classifier's accuracy and F1, SFT's exact match, BLEU
+        others = "".join(f", {k} {v:.3f}" for k, v in sorted(metrics.items()) if k not in ("test/loss", "test/ppl"))
+        say(f"test/loss {metrics['test/loss']:.3f}{ppl}{others} from {where}{versus}")
     return section

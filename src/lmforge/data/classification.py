@@ -7,9 +7,10 @@ integer); a validation label outside it is an error, since the classifier has no
 
 Examples are tokenized once into a cache entry (ids as flat arrays plus offsets, as data=pairs), split into train
 and validation (a separate `data.val_path`, or a seeded `data.val_fraction`; a source may split itself, as the
-Shakespeare genre demo does by play) and served in length buckets (data/padded.py). How an example becomes model
-input ([CLS]/[SEP] or eos, token types, padding) is the objective's business: its batch builder provides
-`classification_collator` (protocols.MakesClassificationBatches).
+Shakespeare genre demo does by play) and optionally test (a seeded `data.test_fraction` of the training examples, or
+a file of its own, `data.test_path`: padded.deal_splits), and served in length buckets (data/padded.py). How an
+example becomes model input ([CLS]/[SEP] or eos, token types, padding) is the objective's business: its batch
+builder provides `classification_collator` (protocols.MakesClassificationBatches).
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.locking import build_once
-from lmforge.data.padded import FixedOrder, bucketed_loader, write_ragged
-from lmforge.data.token_cache import split_of, token_dtype
+from lmforge.data.padded import (
+    FixedOrder,
+    PaddedLoaders,
+    bucketed_loader,
+    check_test_options,
+    deal_splits,
+    write_ragged,
+)
+from lmforge.data.token_cache import token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
 from lmforge.protocols import MakesClassificationBatches
@@ -186,16 +194,6 @@ def documents(source: Any) -> Iterator[Document]:
             yield Document(f"{split}:{i}", [e.text] if e.pair is None else [e.text, e.pair])
 
 
-def _split(data: dict[str, list[Labelled]] | list[Labelled], val_fraction: float, seed: int):
-    if isinstance(data, dict):
-        return data
-    val = split_of([str(i) for i in range(len(data))], val_fraction, seed)
-    return {
-        "train": [e for i, e in enumerate(data) if str(i) not in val],
-        "val": [e for i, e in enumerate(data) if str(i) in val],
-    }
-
-
 def _ids_of(examples: list[Labelled], labels: list[str], split: str, source_name: str) -> np.ndarray:
     index = {name: i for i, name in enumerate(labels)}
     if unknown := sorted({str(e.label).strip() for e in examples} - set(index)):
@@ -215,15 +213,32 @@ class ClassificationCache:
         self.dir, self.meta = folder, meta
 
     @classmethod
-    def build(cls, source, tokenizer, tokenizer_key: str, val_fraction: float, seed: int, cache_dir: Path):
+    def build(
+        cls,
+        source,
+        tokenizer,
+        tokenizer_key: str,
+        val_fraction: float,
+        seed: int,
+        cache_dir: Path,
+        test_fraction: float = 0.0,
+        test_file: tuple[Path, tuple[str, str, str | None, str, str]] | None = None,  # data.test_path, how to read it
+    ):
+        # without a test split, the key (and so the cache entry) is what it always was
+        test_key: list[Any] = [test_fraction] if test_fraction else []
+        if test_file is not None:
+            test_key = [test_file[0].name, hashlib.blake2b(test_file[0].read_bytes(), digest_size=16).hexdigest()]
         key = hashlib.blake2b(
-            json.dumps(["classification-v1", source.fingerprint(), tokenizer_key, val_fraction, seed]).encode(),
+            json.dumps(
+                ["classification-v1", source.fingerprint(), tokenizer_key, val_fraction, seed, *test_key]
+            ).encode(),
             digest_size=10,
         ).hexdigest()
         dtype = token_dtype(tokenizer.get_vocab_size())
 
         def build(tmp: Path) -> None:
-            data = _split(source.read(), val_fraction, seed)
+            test = read_labelled(test_file[0], *test_file[1], key="data.test_path") if test_file else None
+            data = deal_splits(source.read(), val_fraction, test_fraction, seed, test)
             if not data["val"]:
                 raise DataError(f"{source.name}: the validation split is empty; raise data.val_fraction.")
             labels = label_set(data["train"])
@@ -242,6 +257,10 @@ class ClassificationCache:
                 meta["examples"][split], meta["tokens"][split] = len(examples), n
                 meta["counts"][split] = np.bincount(ids, minlength=len(labels)).tolist()
             meta["baseline"] = class_prior_baseline(meta["counts"]["train"], meta["counts"]["val"])
+            if "test" in data:
+                test_baseline = class_prior_baseline(meta["counts"]["train"], meta["counts"]["test"])
+                meta["baseline"]["class_prior_test_loss"] = test_baseline["class_prior_val_loss"]
+                meta["baseline"]["majority_test_acc"] = test_baseline["majority_val_acc"]
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
         entry = build_once(Path(cache_dir) / "classification" / key, build)
@@ -293,7 +312,7 @@ class TokenExamples(Dataset):
         return {**self.__dict__, "_ids": {}}
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(PaddedLoaders, L.LightningDataModule):
     """Same interface as LMDataModule (build, vocab_size, special_ids, set_batch_builder, loaders), serving labelled
     examples of at most `seq_len` tokens (special tokens included). `source` replaces the file options (a bundled
     task such as data=shakespeare_genre)."""
@@ -316,6 +335,8 @@ class ClassificationDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         bucket_size: int = 50,
+        test_fraction: float = 0.0,  # share of the training examples held out for a test split (0: none)
+        test_path: str | None = None,  # or a file of test examples (read as data.path is)
         num_workers: int = 0,
         pin_memory: bool | None = None,
     ):
@@ -328,6 +349,17 @@ class ClassificationDataModule(L.LightningDataModule):
             source = ClassificationFile(path, val_path, format, text_field, text_pair_field, label_field, errors)
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1.")
+        test_file = check_test_options(0.0 if isinstance(source, ClassificationFile) and val_path else val_fraction,
+                                       test_fraction, test_path)  # fmt: skip
+        if test_fraction and getattr(source, "test_option", None):
+            raise ConfigError(
+                f"data.test_fraction={test_fraction}: {source.name} makes its own split; hold out a test split with "
+                f"{source.test_option} instead (a share of its training examples would come from training's plays)."
+            )
+        self.test_fraction = test_fraction
+        self.test_file = (
+            None if test_file is None else (test_file, (format, text_field, text_pair_field, label_field, errors))
+        )
         self.source = source
         self.tokenizer_spec, self.cache_dir = tokenizer, Path(cache_dir).expanduser()
         self.seq_len, self.batch_size = seq_len, batch_size
@@ -360,7 +392,15 @@ class ClassificationDataModule(L.LightningDataModule):
             self.val_fraction,
             self.split_seed,
             self.cache_dir,
+            test_fraction=self.test_fraction,
+            test_file=self.test_file,
         )
+
+    @property
+    def has_test(self) -> bool:
+        """Whether a test split exists (data.test_fraction, data.test_path, or the source's own): test_dataloader()
+        serves it."""
+        return "test" in self._cache().meta["examples"]
 
     def _cache(self) -> ClassificationCache:
         if self.cache is None:
@@ -382,21 +422,16 @@ class ClassificationDataModule(L.LightningDataModule):
     def summary_facts(self) -> dict[str, Any]:
         meta = self._cache().meta
         baseline = meta["baseline"]
-        return {
-            "data": {
-                "corpus": self.source.name,
-                "train_tokens": meta["tokens"]["train"],
-                "val_tokens": meta["tokens"]["val"],
-                "vocab_size": self.vocab_size,
-                "labels": meta["labels"],
-                "train_examples": meta["examples"]["train"],
-                "val_examples": meta["examples"]["val"],
-                "train_label_counts": meta["counts"]["train"],
-                "val_label_counts": meta["counts"]["val"],
-            },
-            # unigram_val_loss: the text-blind floor the console compares val/loss with (here the class prior's)
-            "baseline": {"unigram_val_loss": baseline["class_prior_val_loss"], **baseline},
-        }
+        data: dict[str, Any] = {"corpus": self.source.name, "vocab_size": self.vocab_size, "labels": meta["labels"]}
+        splits = [s for s in ("train", "val", "test") if s in meta["examples"]]
+        data.update({f"{s}_tokens": meta["tokens"][s] for s in splits})
+        data.update({f"{s}_examples": meta["examples"][s] for s in splits})
+        data.update({f"{s}_label_counts": meta["counts"][s] for s in splits})
+        # unigram_val_loss: the text-blind floor the console compares val/loss with (here the class prior's)
+        floors = {"unigram_val_loss": baseline["class_prior_val_loss"]}
+        if "class_prior_test_loss" in baseline:
+            floors["unigram_test_loss"] = baseline["class_prior_test_loss"]
+        return {"data": data, "baseline": {**floors, **baseline}}
 
     @property
     def block_len(self) -> int:
@@ -439,9 +474,3 @@ class ClassificationDataModule(L.LightningDataModule):
             self.num_workers,
             self.pin_memory,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)

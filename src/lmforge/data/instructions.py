@@ -12,8 +12,9 @@ a model is given at generation time (`render_prompt`) tokenizes exactly as it di
 of a chat is trained on; `val/exact_match` scores the last.
 
 Examples are tokenized once into a cache entry (ids, a trained-on flag per token, offsets: data/locking.build_once),
-split into train and validation as data=pairs does (a separate `data.val_path`, or a seeded `data.val_fraction`:
-token_cache.split_of) and served in length buckets (padded.LengthBuckets), padded per batch by the objective's
+split into train and validation as data=pairs does (a separate `data.val_path`, or a seeded `data.val_fraction`)
+and optionally test (a seeded `data.test_fraction` of the training examples, or a file, `data.test_path`: both
+padded.deal_splits) and served in length buckets (padded.LengthBuckets), padded per batch by the objective's
 collator (protocols.MakesInstructionBatches). An example longer than `data.seq_len` tokens is dropped
 (`data.overlong=drop`, counted and reported) or stops the run (`data.overlong=error`): cutting it would cut the
 response and its eos, teaching the model not to stop.
@@ -35,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from lmforge.console import say
 from lmforge.data.corpus import read_text
 from lmforge.data.locking import build_once
-from lmforge.data.padded import bucketed_loader
-from lmforge.data.token_cache import split_of, token_dtype
+from lmforge.data.padded import PaddedLoaders, bucketed_loader, check_test_options, deal_splits
+from lmforge.data.token_cache import token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
 from lmforge.protocols import MakesInstructionBatches
@@ -223,10 +224,16 @@ class InstructionsCache:
         val_fraction: float,
         split_seed: int,
         cache_dir: Path,
+        test_fraction: float = 0.0,
+        test_file: tuple[Path, dict[str, str], str] | None = None,  # data.test_path, its fields and errors
     ) -> InstructionsCache:
+        # without a test split, the key (and so the cache entry) is what it always was
+        test_key: list[Any] = [test_fraction] if test_fraction else []
+        if test_file is not None:
+            test_key = [test_file[0].name, hashlib.blake2b(test_file[0].read_bytes(), digest_size=16).hexdigest()]
         key = hashlib.blake2b(
             json.dumps(
-                ["instructions-v1", source.fingerprint(), tokenizer_key, template, val_fraction, split_seed]
+                ["instructions-v1", source.fingerprint(), tokenizer_key, template, val_fraction, split_seed, *test_key]
             ).encode(),
             digest_size=10,
         ).hexdigest()
@@ -234,13 +241,8 @@ class InstructionsCache:
         dtype = token_dtype(vocab)
 
         def build(tmp: Path) -> None:
-            data = source.read()
-            if isinstance(data, list):
-                val = split_of([str(i) for i in range(len(data))], val_fraction, split_seed)
-                data = {
-                    "train": [e for i, e in enumerate(data) if str(i) not in val],
-                    "val": [e for i, e in enumerate(data) if str(i) in val],
-                }
+            test = None if test_file is None else read_instructions(*test_file, key="data.test_path")
+            data = deal_splits(source.read(), val_fraction, test_fraction, split_seed, test)
             if not data["val"]:
                 raise DataError(
                     f"{source.name}: no validation examples (data.val_fraction={val_fraction} of "
@@ -260,6 +262,8 @@ class InstructionsCache:
                 flat = np.fromfile(tmp / f"{split}.bin", dtype=dtype).astype(np.int64)
                 counts[split] = np.bincount(flat[mask.astype(bool)], minlength=vocab).astype(np.float64)
             meta["unigram_val_loss"] = unigram_loss(counts["train"], counts["val"])
+            if "test" in counts:
+                meta["unigram_test_loss"] = unigram_loss(counts["train"], counts["test"])
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
         entry = build_once(Path(cache_dir) / "instructions" / key, build)
@@ -312,7 +316,7 @@ class TokenInstructions(Dataset):
 # ------------------------------------------------------------------ the data module
 
 
-class InstructionsDataModule(L.LightningDataModule):
+class InstructionsDataModule(PaddedLoaders, L.LightningDataModule):
     """Same interface as LMDataModule (protocols.RunData), serving padded instruction examples. `seq_len` is the
     longest example (prompt, response and eos) kept."""
 
@@ -335,6 +339,8 @@ class InstructionsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         bucket_size: int = 50,
         overlong: str = "drop",
+        test_fraction: float = 0.0,  # share of the training examples held out for a test split (0: none)
+        test_path: str | None = None,  # or a JSONL file of test examples (read with data.path's fields)
         num_workers: int = 0,
         pin_memory: bool | None = None,
     ):
@@ -344,11 +350,14 @@ class InstructionsDataModule(L.LightningDataModule):
                 raise ConfigError(f"{key}={value} must be at least {least}.")
         if overlong not in OVERLONG:
             raise ConfigError(f"data.overlong={overlong!r}: choose drop (skip, and say how many) or error.")
+        fields = {"prompt": prompt_field, "response": response_field, "messages": messages_field}
         if source is None:
             if not path:
                 raise ConfigError("data=instructions needs data.path=<file.jsonl> (prompt/response or messages).")
-            fields = {"prompt": prompt_field, "response": response_field, "messages": messages_field}
             source = InstructionsFile(path, val_path, fields, errors)
+        test_file = check_test_options(0.0 if val_path else val_fraction, test_fraction, test_path)
+        self.test_fraction = test_fraction
+        self.test_file = None if test_file is None else (test_file, fields, errors)
         self.source, self.template = source, check_template(template)
         self.tokenizer_spec, self.cache_dir = tokenizer, Path(cache_dir).expanduser()
         self.seq_len, self.batch_size, self.val_batch_size = seq_len, batch_size, val_batch_size or batch_size
@@ -388,8 +397,10 @@ class InstructionsDataModule(L.LightningDataModule):
             self.val_fraction,
             self.split_seed,
             self.cache_dir,
+            test_fraction=self.test_fraction,
+            test_file=self.test_file,
         )
-        for split in ("train", "val"):
+        for split in ("train", "val", "test")[: 3 if "test" in self.cache.meta["examples"] else 2]:
             self.splits[split] = data = TokenInstructions(self.cache.dir, split, self.cache.meta["dtype"], self.seq_len)
             if data.dropped and self.overlong == "error":
                 raise DataError(
@@ -409,6 +420,12 @@ class InstructionsDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    @property
+    def has_test(self) -> bool:
+        """Whether a test split exists (data.test_fraction > 0 or data.test_path): test_dataloader() serves it."""
+        self._split("train")  # build() must have run
+        return "test" in self.splits
+
     def _split(self, split: str) -> TokenInstructions:
         if split not in self.splits:
             raise RuntimeError("InstructionsDataModule.build() must run first")
@@ -416,18 +433,23 @@ class InstructionsDataModule(L.LightningDataModule):
 
     def summary_facts(self) -> dict[str, Any]:
         train, val = self._split("train"), self._split("val")
-        return {
-            "data": {
-                "corpus": self.source.name,
-                "train_tokens": int(train.lengths.sum()),
-                "val_tokens": int(val.lengths.sum()),
-                "vocab_size": self.vocab_size,
-                "train_examples": len(train),
-                "val_examples": len(val),
-                "dropped_overlong": train.dropped + val.dropped,
-            },
-            "baseline": {"unigram_val_loss": self.cache.meta["unigram_val_loss"] if self.cache else float("nan")},
+        data: dict[str, Any] = {
+            "corpus": self.source.name,
+            "train_tokens": int(train.lengths.sum()),
+            "val_tokens": int(val.lengths.sum()),
+            "vocab_size": self.vocab_size,
+            "train_examples": len(train),
+            "val_examples": len(val),
+            "dropped_overlong": train.dropped + val.dropped,
         }
+        meta = self.cache.meta if self.cache else {}
+        baseline = {"unigram_val_loss": meta.get("unigram_val_loss", float("nan"))}
+        if self.has_test:
+            test = self._split("test")
+            data.update(test_tokens=int(test.lengths.sum()), test_examples=len(test))
+            data["dropped_overlong"] += test.dropped
+            baseline["unigram_test_loss"] = meta["unigram_test_loss"]
+        return {"data": data, "baseline": baseline}
 
     @property
     def block_len(self) -> int:
@@ -473,9 +495,3 @@ class InstructionsDataModule(L.LightningDataModule):
             self.num_workers,
             self.pin_memory,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)

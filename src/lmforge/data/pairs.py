@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from lmforge.data.corpus import Document, read_text
 from lmforge.data.datamodule import data_facts
 from lmforge.data.locking import build_once
-from lmforge.data.padded import bucketed_loader, write_ragged
-from lmforge.data.token_cache import splits_of, token_dtype
+from lmforge.data.padded import PaddedLoaders, bucketed_loader, check_test_options, deal_splits, write_ragged
+from lmforge.data.token_cache import token_dtype
 from lmforge.data.tokenizer import TokenizerSpec, special_token_ids
 from lmforge.errors import ConfigError, DataError
 from lmforge.protocols import MakesPairBatches
@@ -148,24 +148,11 @@ class PairsFile:
 
     def split(self, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[tuple[str, str]]]:
         """The pairs of each split: a separate val/test file, else a seeded share of data.path's pairs, dealt by
-        the split every data kind uses (token_cache.splits_of, each pair a document)."""
+        the split every data kind uses (padded.deal_splits, each pair a document)."""
         data = self.read()
-        if isinstance(data, list):
-            if not 0 < val_fraction < 1:
-                raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
-            out = {"train": data}
-        else:  # data.val_path: nothing of data.path goes to val
-            out, val_fraction = dict(data), 0.0
-        test_fraction = 0.0 if self.test_path is not None else test_fraction
-        if val_fraction or test_fraction:
-            pairs = out["train"]
-            labels = splits_of([str(i) for i in range(len(pairs))], val_fraction, seed, test_fraction)
-            for name in sorted(set(labels)):
-                out[name] = [p for p, k in zip(pairs, labels) if k == name]
-        test = self.read_test()
-        if test is not None:
-            out["test"] = test
-        return out
+        if isinstance(data, list) and not 0 < val_fraction < 1:
+            raise DataError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive).")
+        return deal_splits(data, val_fraction, test_fraction, seed, self.read_test())
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=16)
@@ -306,7 +293,7 @@ class TokenPairs(Dataset):
         return {**self.__dict__, "_ids": {}}
 
 
-class PairsDataModule(L.LightningDataModule):
+class PairsDataModule(PaddedLoaders, L.LightningDataModule):
     """Same interface as LMDataModule (build, vocab_size, special_ids, set_batch_builder, loaders),
     serving TokenPairs instead of token blocks. `seq_len` caps source tokens, `max_target_len` targets."""
 
@@ -340,6 +327,7 @@ class PairsDataModule(L.LightningDataModule):
         ):
             if value < least:
                 raise ConfigError(f"{key}={value} must be at least {least}.")
+        check_test_options(val_fraction if val_path is None else 0.0, test_fraction, test_path)
         self.corpus = PairsFile(path, val_path, format, source_field, target_field, errors, test_path)
         self.test_fraction = test_fraction
         self.tokenizer_spec, self.cache_dir = tokenizer, Path(cache_dir).expanduser()
@@ -430,14 +418,3 @@ class PairsDataModule(L.LightningDataModule):
             self.num_workers,
             self.pin_memory,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        if not self.has_test:
-            raise ConfigError("there is no test split: set data.test_fraction (e.g. 0.05) or data.test_path.")
-        return self._loader("test", self.val_batch_size, shuffle=False)

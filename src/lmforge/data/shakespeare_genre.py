@@ -9,7 +9,9 @@ lines are joined until a passage has at least `passage_chars` characters.
 
 The split is BY PLAY: `val_plays_per_genre` plays of each genre (drawn with `split_seed`) are held out whole, so a
 validation passage never comes from a play seen in training; a model has to recognise the genre, not the play (its
-character names, its plot). Each split is balanced by downsampling to its rarest genre, so chance accuracy is 1/3.
+character names, its plot). `test_plays_per_genre` more plays of each genre (0: none) are held out the same way for
+a test split (data.test_fraction would take passages of the training plays, so it is refused here). Each split is
+balanced by downsampling to its rarest genre, so chance accuracy is 1/3.
 """
 
 from __future__ import annotations
@@ -104,8 +106,16 @@ class ShakespeareGenre:
     """The demo's source for lmforge.data.classification: `read()` gives its own train/val split (by play)."""
 
     name = "shakespeare_genre"
+    test_option = "data.source.test_plays_per_genre"  # how this source holds out a test split (not test_fraction)
 
-    def __init__(self, cache_dir: str, passage_chars: int = 300, val_plays_per_genre: int = 2, split_seed: int = 0):
+    def __init__(
+        self,
+        cache_dir: str,
+        passage_chars: int = 300,
+        val_plays_per_genre: int = 2,
+        split_seed: int = 0,
+        test_plays_per_genre: int = 0,
+    ):
         if passage_chars < 20:
             raise ConfigError(f"data.source.passage_chars={passage_chars} is too short; give at least 20.")
         smallest = min(len(p) for p in GENRES.values())
@@ -114,12 +124,26 @@ class ShakespeareGenre:
                 f"data.source.val_plays_per_genre={val_plays_per_genre} must be between 1 and {smallest - 1}: "
                 "each genre needs plays in both splits."
             )
+        if test_plays_per_genre < 0 or val_plays_per_genre + test_plays_per_genre >= smallest:
+            raise ConfigError(
+                f"data.source.test_plays_per_genre={test_plays_per_genre} must be 0 (no test split) or more, and with "
+                f"val_plays_per_genre={val_plays_per_genre} leave training plays in every genre (their sum below "
+                f"{smallest}, the histories' count)."
+            )
         self.corpus = ShakespeareCorpus(cache_dir)
         self.passage_chars, self.plays_per_genre, self.split_seed = passage_chars, val_plays_per_genre, split_seed
+        self.test_plays_per_genre = test_plays_per_genre
 
     def val_plays(self) -> dict[str, list[str]]:
         rng = random.Random(self.split_seed)
         return {g: sorted(rng.sample(plays, self.plays_per_genre)) for g, plays in GENRES.items()}
+
+    def test_plays(self) -> dict[str, list[str]]:
+        """The test plays: drawn from those left after the validation plays (which stay what they were without a
+        test split), with a seed of their own."""
+        val, rng = self.val_plays(), random.Random(f"test:{self.split_seed}")
+        left = {g: [p for p in plays if p not in val[g]] for g, plays in GENRES.items()}
+        return {g: sorted(rng.sample(plays, self.test_plays_per_genre)) for g, plays in left.items()}
 
     def fingerprint(self) -> str:
         settings = [
@@ -129,17 +153,21 @@ class ShakespeareGenre:
             self.passage_chars,
             self.plays_per_genre,
             self.split_seed,
+            *([self.test_plays_per_genre] if self.test_plays_per_genre else []),  # old entries stay valid
         ]
         return hashlib.blake2b(json.dumps(settings).encode(), digest_size=16).hexdigest()
 
     def read(self) -> dict[str, list[Labelled]]:
         folder = Path(self.corpus.fetch())
-        held_out = {p for plays in self.val_plays().values() for p in plays}
+        held_out = {p: "val" for plays in self.val_plays().values() for p in plays}
         by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
+        if self.test_plays_per_genre:
+            held_out.update({p: "test" for plays in self.test_plays().values() for p in plays})
+            by_split["test"] = {}
         for genre, plays in GENRES.items():
             for play in plays:
                 text = (folder / f"{play}_gut.txt").read_text(encoding="utf-8")
-                split = "val" if play in held_out else "train"
+                split = held_out.get(play, "train")
                 by_split[split].setdefault(genre, []).extend(passages(spoken_lines(text), self.passage_chars))
         rng = random.Random(self.split_seed)
         out: dict[str, list[Labelled]] = {}
