@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -58,6 +59,7 @@ from lmforge.protocols import (
 )
 from lmforge.resume import ApplyOptimizerChanges, NothingToTrain, check_changes, check_steps_left, plan_resume
 from lmforge.summary import write_summary
+from lmforge.threads import apply_threads, choose_threads
 from lmforge.validate import check_config
 
 # Lightning 2.6 still builds torch's deprecated LeafSpec, and torch 2.13 warns about it on every logged dict:
@@ -198,7 +200,10 @@ def write_header(
         f"{summary['baseline']['unigram_val_loss']:.3f}"
     )
     say(f"  parameters: {describe_parameters(model.net)}")
-    say(f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}: {describe(scale)}")
+    say(
+        f"{scale['strategy']} on {scale['world_size']} process(es), {scale['precision']}, "
+        f"{scale['threads']} thread(s) each ({scale['threads_reason']}): {describe(scale)}"
+    )
 
 
 @dataclass
@@ -289,6 +294,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # resume_changes=allow with new optimizer values: applied to the optimizer state the checkpoint restores
     apply = [ApplyOptimizerChanges(resolved(cfg.model.optimizer))] if any("optimizer" in c for c in changed) else []
     trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options, extra_callbacks=apply)
+    # torch's CPU threads: the cores no other work is using now (threads=auto), before fit starts any rank
+    on_gpu = not isinstance(trainer.accelerator, CPUAccelerator)
+    threads = choose_threads(cfg.get("threads", "auto"), on_gpu, processes_here=trainer.num_devices)
+    apply_threads(threads)
+    scale.update(threads.as_dict())
     try:
         check_steps_left(resumed, trainer.max_steps)
     except NothingToTrain as e:

@@ -14,6 +14,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import ConfigError
+from lmforge.threads import check_threads_setting
 
 
 def positive(
@@ -70,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
         partial(_non_negative_key, key="model.optimizer.weight_decay"),
         check_budget_config,
         check_scale_options,
+        lambda c: check_threads_setting(_get(c, "threads", "auto")),
         check_context,
         check_monitors,
     ]

@@ -45,6 +45,9 @@ def test_run_folder_has_everything(first_run):
     assert "Run folder" in proc.stdout and "summary.json" in proc.stdout
     log = (run_dir / "train.log").read_text()  # what the user was told stays in the run folder
     assert "Run folder (completed)" in log and "the unigram baseline" in log and "parameters: wte" in log
+    # torch's threads, chosen by threads=auto and said in the header (lmforge/threads.py)
+    assert s["scale"]["threads"] >= 1 and s["scale"]["threads_reason"].startswith(("auto", "OMP_NUM_THREADS"))
+    assert f"{s['scale']['threads']} thread(s) each" in log
     assert "LeafSpec" not in proc.stderr  # a library-to-library deprecation is not shown to users
     # the pre-run forecast counts the FLOPs the throughput callback then measured MFU over
     assert s["emissions"]["estimate"]["flops"] == pytest.approx(s["perf"]["flops_per_step"] * 20)
