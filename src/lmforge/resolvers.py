@@ -25,15 +25,26 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# On a bf16 CPU, bf16-mixed trains faster than 32-true only from about this model width on: below it the casts
+# autocast adds around every matmul cost more than the faster bf16 matmuls save. Measured by bench/precision.py
+# over widths (bench/results/precision.json, `sizes`): see README "Configuration".
+BF16_CPU_MIN_D_MODEL = 192
+
+
 @cache
-def default_precision() -> str:
-    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+ or a bf16 CPU); 16-mixed on older GPUs;
-    32-true on CPUs without bf16 instructions (there bf16 is emulated and slower than fp32)."""
+def default_precision(d_model: int | None = None) -> str:
+    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+, or a bf16 CPU for a model at least
+    BF16_CPU_MIN_D_MODEL wide); 16-mixed on older GPUs; 32-true on CPUs without bf16 instructions (there bf16 is
+    emulated and slower than fp32) and for narrower models on CPU. `d_model` is the net's width
+    (conf/trainer/default.yaml passes model.net.d_model; None when the family names it otherwise)."""
     import torch
 
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    if not cpu_has_bf16():
+        return "32-true"
+    narrow = isinstance(d_model, int) and d_model < BF16_CPU_MIN_D_MODEL
+    return "32-true" if narrow else "bf16-mixed"
 
 
 def objective_name(target: str) -> str:
