@@ -42,7 +42,8 @@ class Net(Protocol):
     def max_seq_len(self) -> int: ...
 
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
-        """Matmul FLOPs of one forward on `batch` (what FlopCounterMode counts); None if the batch lacks a shape."""
+        """Matmul FLOPs of one forward on `batch` (what FlopCounterMode counts); None if the batch lacks a shape.
+        A function of the batch's tensor shapes only: the throughput callback counts each shape once."""
         ...
 
 

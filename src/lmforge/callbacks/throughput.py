@@ -73,6 +73,7 @@ class ThroughputMFU(L.Callback):
         self.time = 0.0  # timed training seconds after warm-up
         self.steps = self.batches = self.samples = self.tokens = self.flops = 0
         self.flops_known = True
+        self._flops_by_shape: dict[tuple, int | None] = {}
 
     # -- setup --
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -127,9 +128,7 @@ class ThroughputMFU(L.Callback):
                 self.warmup_time += now - self._mark
                 self._mark, self._warm = now, True
             return
-        flops = training_flops(getattr(pl_module, "net", pl_module), batch)
-        if flops is not None:
-            flops //= self.tp  # this rank's share of the batch's model FLOPs
+        flops = self._batch_flops(pl_module, batch)
         self.flops_known = self.flops_known and flops is not None
         self._pending.add(batch["input_ids"], flops)
         self._pending.steps_done = done
@@ -144,6 +143,15 @@ class ThroughputMFU(L.Callback):
                 flops=interval.flops if self.flops_known else None,  # Throughput takes the FLOPs since its last update
             )
             self._log(trainer, self.throughput.compute())
+
+    def _batch_flops(self, pl_module: L.LightningModule, batch: Any) -> int | None:
+        """This rank's share of the batch's model FLOPs. A net's count is a function of the batch's shapes (the Net
+        protocol), which repeat from step to step: counted once per shape, not in Python on every step."""
+        shapes = tuple((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
+        if shapes not in self._flops_by_shape:
+            flops = training_flops(getattr(pl_module, "net", pl_module), batch)
+            self._flops_by_shape[shapes] = None if flops is None else flops // self.tp
+        return self._flops_by_shape[shapes]
 
     def _close_interval(self) -> _Counts:
         """Add the open interval to the totals and start the next one now; returns the interval's counts."""
