@@ -17,12 +17,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 
 from lmforge.models.gpt import GPT
 from lmforge.models.llama import Llama
+from lmforge.objectives.losses import token_cross_entropy
 from lmforge.parallel.fsdp import fully_shard_net
 from lmforge.parallel.init import materialize
-from lmforge.parallel.tensor import apply_tensor_parallel
+from lmforge.parallel.tensor import apply_tensor_parallel, loss_parallel_step
 from lmforge.parallel.wrap import transformer_blocks
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # about 35 s per case on 2 shared cores
@@ -56,7 +58,7 @@ def _reference(name: str, ids: torch.Tensor) -> tuple[float, dict[str, torch.Ten
     return loss.item(), {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
-def _worker(rank: int, port: int, name: str, sequence_parallel: bool, out: dict) -> None:
+def _worker(rank: int, port: int, name: str, sequence_parallel: bool, out: dict, loss_parallel: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -68,12 +70,21 @@ def _worker(rank: int, port: int, name: str, sequence_parallel: bool, out: dict)
         with torch.device("meta"):
             net = cls(**kwargs)
         blocks = transformer_blocks(net)
-        apply_tensor_parallel(net, blocks, mesh["tensor_parallel"], sequence_parallel)
+        vocab_parallel = apply_tensor_parallel(net, blocks, mesh["tensor_parallel"], sequence_parallel)
         fully_shard_net(net, blocks, mesh["data_parallel"])
         materialize(net, torch.device("cpu"), SEED)
         ids = torch.randint(0, kwargs["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
-        loss = _loss(net, ids)
-        loss.backward()
+        if loss_parallel:  # as FSDP2Strategy runs a training step: the objectives' loss, forward and backward
+            assert vocab_parallel
+            with loss_parallel_step(True):
+                logits = net(ids)
+                loss, _ = token_cross_entropy(logits, ids.roll(-1, 1))
+                loss.backward()
+            out["logits_sharded"] = isinstance(logits, DTensor) and logits.to_local().shape[-1] * WORLD == 96
+            out["loss_is_plain"] = not isinstance(loss, DTensor)
+        else:
+            loss = _loss(net, ids)
+            loss.backward()
         params = dict(net.named_parameters())
         shard = params[COLUMN_PARALLEL[name]]
         result = {
@@ -111,3 +122,21 @@ def test_tensor_parallel_matches_one_process(name: str, sequence_parallel: bool)
     for n, g in ref_grads.items():
         assert torch.allclose(got["grads"][n], g, atol=TOLERANCE, rtol=0), n
     assert got["local_rows"] * WORLD == got["rows"]  # rank 0 holds half the rows of a column-parallel weight
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp+sp"])
+def test_loss_parallel_matches_one_process_without_gathering_the_logits(sequence_parallel: bool):
+    """Untied Llama: the LM head is vocabulary-parallel, and in a training step its logits stay split by vocabulary
+    (each rank 48 of the 96 columns) while the loss and every gradient match one process's ordinary cross-entropy.
+    A wrong reduction over the shards (e.g. a log-sum-exp of one rank's columns only) moves the loss by ~log 2."""
+    name = "llama-untied"
+    ids = torch.randint(0, NETS[name][1]["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
+    ref_loss, ref_grads = _reference(name, ids)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(_free_port(), name, sequence_parallel, out, True), nprocs=WORLD, join=True)
+        got = dict(out)
+    assert got["logits_sharded"] and got["loss_is_plain"]
+    assert abs(got["loss"] - ref_loss) < TOLERANCE
+    for n, g in ref_grads.items():
+        assert torch.allclose(got["grads"][n], g, atol=TOLERANCE, rtol=0), n

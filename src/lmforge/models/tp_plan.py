@@ -13,10 +13,36 @@ torch.distributed is imported only when a plan is built: the models stay importa
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+# Set while a training step runs loss-parallel (lmforge.parallel.fsdp.FSDP2Strategy): the vocabulary-parallel LM
+# head then leaves its logits sharded by vocabulary, for torch's loss_parallel cross-entropy.
+LOSS_PARALLEL: ContextVar[bool] = ContextVar("lmforge_loss_parallel", default=False)
+
+
+def vocab_parallel_head(input_layout: Any) -> Any:
+    """The LM head's style where the vocabulary is split: column-parallel, each rank computing the logits of its
+    share of the vocabulary. Inside a loss-parallel step (LOSS_PARALLEL) they stay a DTensor sharded on the
+    vocabulary, and torch's loss_parallel computes the cross-entropy from the shards (a max and a sum of exps
+    all-reduced per position) without ever gathering (batch, time, vocab) logits; anywhere else (validation
+    metrics, samples, generation) they are gathered, whole on every rank, as objectives read them."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    class VocabParallelHead(ColwiseParallel):
+        loss_parallel = True  # what lmforge.parallel.tensor.apply_tensor_parallel reports to the strategy
+
+        @staticmethod
+        def _prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh):
+            if LOSS_PARALLEL.get():
+                return outputs  # (b, t, vocab) as a DTensor, Shard(-1): this rank's vocabulary columns
+            return ColwiseParallel._prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh)
+
+    return VocabParallelHead(input_layouts=input_layout, output_layouts=Replicate())
 
 
 @dataclass
@@ -100,8 +126,8 @@ def decoder_tp_plan(
     if vocab_parallel:
         # rows of the table split by vocabulary; each rank looks up its ids, the partial sums are all-reduced
         root["wte"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
-        # (b, t, d) -> (b, t, vocab / tp) -> gathered (b, t, vocab): the objectives' metrics read whole logits
-        root["lm_head"] = ColwiseParallel(input_layouts=stream, output_layouts=Replicate())
+        # (b, t, d) -> (b, t, vocab / tp): loss-parallel in training, else gathered (b, t, vocab)
+        root["lm_head"] = vocab_parallel_head(stream)
     elif sp:
         root["lm_head"] = PrepareModuleInput(
             input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True

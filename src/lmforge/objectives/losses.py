@@ -14,4 +14,6 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     for the device on every step. The loss is computed in fp32 whatever the logits' dtype."""
     n = (labels != IGNORE_INDEX).sum()
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    if hasattr(loss, "to_local"):  # tensor parallel's loss-parallel step: the same (replicated) value on every rank
+        loss = loss.to_local()
     return loss, n

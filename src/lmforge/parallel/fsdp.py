@@ -47,6 +47,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     tensor_parallel_size   ranks that split each block's matmuls (column/row-parallel, the family's tp_plan);
                            must divide the world size and the head counts (checked before the run starts)
     sequence_parallel      with tensor parallelism: norms and dropout each see 1/tp of the sequence positions
+    loss_parallel          with tensor parallelism and a vocabulary-parallel LM head (untied embeddings): training
+                           computes the cross-entropy from each rank's vocabulary shard of the logits, never
+                           gathering the (batch, time, vocab) logits; false: gather them, ordinary cross-entropy
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: bool = True,
         tensor_parallel_size: int = 1,
         sequence_parallel: bool = False,
+        loss_parallel: bool = True,
         **kwargs: Any,
     ):
         if mixed_precision not in MIXED_PRECISION:
@@ -71,6 +75,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.meta_init = bool(meta_init)
         self.tensor_parallel_size = int(tensor_parallel_size)  # validated by parallel/tensor.check_tensor_parallel
         self.sequence_parallel = bool(sequence_parallel)
+        self.loss_parallel = bool(loss_parallel)
+        self.loss_parallel_on = False  # set when the net is parallelized: the setting, where the plan allows it
 
     def setup_environment(self) -> None:
         # Shard over all ranks of all nodes; ModelParallelStrategy's "auto" would shard within a node only.
@@ -102,7 +108,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self.tensor_parallel_size > 1:
             from lmforge.parallel.tensor import apply_tensor_parallel, clip_grad_norm_across_meshes
 
-            apply_tensor_parallel(net, blocks, self.device_mesh["tensor_parallel"], self.sequence_parallel)
+            vocab_parallel = apply_tensor_parallel(
+                net, blocks, self.device_mesh["tensor_parallel"], self.sequence_parallel
+            )
+            self.loss_parallel_on = self.loss_parallel and vocab_parallel
             # trainer.gradient_clip_val: torch's clip_grad_norm_ cannot combine the 2-D (TP) and 1-D (FSDP-only)
             # DTensors; Lightning's precision plugin calls this method, so this instance's is replaced.
             plugin = self.precision_plugin
@@ -110,6 +119,20 @@ class FSDP2Strategy(ModelParallelStrategy):
                 lambda p, optimizer, clip_val: clip_grad_norm_across_meshes(p.main_params(optimizer), clip_val),
                 plugin,
             )
+
+    # Loss-parallel covers the step's forward (the objective's loss) and its backward; validation, samples and
+    # generation read whole logits and run outside it.
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        from lmforge.parallel.tensor import loss_parallel_step
+
+        with loss_parallel_step(self.loss_parallel_on):
+            return super().training_step(*args, **kwargs)
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        from lmforge.parallel.tensor import loss_parallel_step
+
+        with loss_parallel_step(self.loss_parallel_on):
+            return super().backward(*args, **kwargs)
 
     def shard(self, net: nn.Module, blocks: list[nn.Module], precision: str) -> None:
         fully_shard_net(

@@ -9,6 +9,8 @@ count each group once (`data_parallel_size`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -71,9 +73,11 @@ def check_tensor_parallel(cfg: DictConfig, world_size: int) -> int:
     return world_size // tp
 
 
-def apply_tensor_parallel(net: nn.Module, blocks: list[nn.Module], mesh: Any, sequence_parallel: bool) -> None:
+def apply_tensor_parallel(net: nn.Module, blocks: list[nn.Module], mesh: Any, sequence_parallel: bool) -> bool:
     """Parallelize `net` in place over the 1-D tensor-parallel `mesh`: every block by the plan's block part, then
-    the net's own modules (embedding, final norm, LM head). Parameter names do not change."""
+    the net's own modules (embedding, final norm, LM head). Parameter names do not change. Returns whether the LM
+    head is vocabulary-parallel, so that training can compute its loss from the vocabulary shards
+    (models/tp_plan.py: vocab_parallel_head)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     plan = net.tp_plan(sequence_parallel)  # type: ignore[operator]
@@ -81,6 +85,27 @@ def apply_tensor_parallel(net: nn.Module, blocks: list[nn.Module], mesh: Any, se
         parallelize_module(block, mesh, plan.block)
     if plan.root:
         parallelize_module(net, mesh, plan.root)
+    return bool(getattr(plan.root.get("lm_head"), "loss_parallel", False))
+
+
+@contextmanager
+def loss_parallel_step(on: bool) -> Iterator[None]:
+    """A training step's forward or backward with the LM head's logits sharded by vocabulary and the cross-entropy
+    computed from the shards (torch's loss_parallel, which must cover the backward too); nothing when `on` is
+    false."""
+    if not on:
+        yield
+        return
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    from lmforge.models.tp_plan import LOSS_PARALLEL
+
+    token = LOSS_PARALLEL.set(True)
+    try:
+        with loss_parallel():
+            yield
+    finally:
+        LOSS_PARALLEL.reset(token)
 
 
 def tensor_parallel_size(trainer: Any) -> int:
