@@ -82,7 +82,9 @@ def _worker(rank: int, port: int, schedule: str, microbatches: int, out: dict) -
             pipeline_parallel_size=WORLD, pipeline={"schedule": schedule, "microbatches": microbatches}
         )
         strategy.parallel_devices = [torch.device("cpu")]
-        strategy._device_mesh = init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("data_parallel", "pipeline_parallel"))
+        strategy._device_mesh = init_device_mesh(
+            "cpu", (1, WORLD), mesh_dim_names=("data_parallel", "pipeline_parallel")
+        )
         objective = _Objective(_net())
         objective.automatic_optimization = True
         blocks = strategy.split_objective(objective)
@@ -160,9 +162,12 @@ def test_pipeline_matches_one_process(schedule: str, microbatches: int):
     # the split: 3 blocks, balanced by parameters -> embeddings + block 0 | blocks 1, 2 + head (or as stage_layers says)
     layers = stage_layers(_net(), WORLD)
     assert first["blocks"] == len(layers[0]) and last["blocks"] == len(layers[1])
-    assert all(n.startswith(("wte.", "wpe.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[0])) for n in first["names"])
     assert all(
-        n.startswith(("ln_f.", "lm_head.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[1])) for n in last["names"]
+        n.startswith(("wte.", "wpe.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[0])) for n in first["names"]
+    )
+    assert all(
+        n.startswith(("ln_f.", "lm_head.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[1]))
+        for n in last["names"]
     )
     assert not set(first["names"]) & set(last["names"]), "a parameter lives in two stages"
     assert set(first["names"]) | set(last["names"]) == set(ref_grads), "each parameter in exactly one stage"

@@ -152,7 +152,9 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
             "compile=model compiles the net's forward, which a pipeline stage does not run: use compile=blocks."
         )
     net_cls = get_object(str(cfg.model.net._target_))
-    if not callable(getattr(net_cls, "pipeline_plan", None)) or not callable(getattr(net_cls, "pipeline_forward", None)):
+    if not callable(getattr(net_cls, "pipeline_plan", None)) or not callable(
+        getattr(net_cls, "pipeline_forward", None)
+    ):
         raise ConfigError(
             f"pipeline parallelism has no stage split for {getattr(net_cls, '__name__', net_cls)} (model.net): the "
             "GPT family has one. Use trainer=fsdp or trainer=tp for this model."
