@@ -93,8 +93,9 @@ class LMObjective(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pipeline = pipeline_strategy(self._trainer)
+        parts: dict[str, torch.Tensor] = {}
         if pipeline is not None:  # trainer=pp: the schedule runs forward and backward (lmforge/parallel/pipeline.py)
-            loss, parts = pipeline.forward_backward(self, batch), {}
+            loss = pipeline.forward_backward(self, batch)
         else:
             loss, parts = self.training_loss(batch)
         self._stop_if_loss_diverged(loss)

@@ -479,8 +479,9 @@ class PipelineStrategy(ModelParallelStrategy):
         import torch.distributed as dist
 
         sq = torch.zeros((), dtype=torch.float32, device=self.root_device)
-        for p in params:
-            sq += p.grad.detach().float().pow(2).sum()
+        for g in (p.grad for p in params):
+            if g is not None:
+                sq += g.detach().float().pow(2).sum()
         dist.all_reduce(sq, group=self.pp_group)
         return sq.sqrt()
 

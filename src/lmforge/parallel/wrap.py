@@ -163,10 +163,11 @@ def describe_strategy(trainer, options: ScaleOptions | None, net: nn.Module | No
         # the device mesh: data-parallel replicas x pipeline stages per replica (no tensor parallelism with it)
         pp = strategy.pipeline_parallel_size
         facts["mesh"] = {"dp": int(trainer.world_size) // pp, "tp": 1, "pp": pp}
-        facts["pipeline"] = strategy.describe()
-        if net is not None:
+        pipeline = strategy.describe()
+        if net is not None:  # which blocks each stage holds (embeddings in the first, head in the last)
             from lmforge.parallel.pipeline import stage_layers
 
             layers = stage_layers(net, pp, strategy.options.layers_per_stage)
-            facts["pipeline"]["stages"] = [{"blocks": idx} for idx in layers]
+            pipeline["stages"] = [{"blocks": idx} for idx in layers]
+        facts["pipeline"] = pipeline
     return facts
