@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lmforge.models.gpt import GPT
+from lmforge.models.llama import Llama
 from lmforge.parallel.init import materialize
 from lmforge.parallel.pipeline import PipelineStrategy, full_weights, stage_layers
 
@@ -26,12 +27,14 @@ WORLD = 2
 SEED = 1234
 TOLERANCE = 1e-5
 NET = dict(vocab_size=96, max_seq_len=16, n_layer=3, n_head=2, d_model=32, tie_word_embeddings=False)
+NETS = {"gpt": (GPT, NET), "llama": (Llama, {**NET, "n_head": 4, "n_kv_head": 2})}
 BATCH = 8
 
 
-def _net() -> GPT:
+def _net(name: str = "gpt") -> torch.nn.Module:
+    cls, kwargs = NETS[name]
     with torch.device("meta"):
-        net = GPT(**NET)
+        net = cls(**kwargs)
     materialize(net, torch.device("cpu"), SEED)
     return net
 
@@ -43,8 +46,8 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def _reference() -> tuple[float, float, dict[str, torch.Tensor], torch.Tensor]:
-    net = _net()
+def _reference(name: str) -> tuple[float, float, dict[str, torch.Tensor], torch.Tensor]:
+    net = _net(name)
     b = _batch()
     logits = net(b["input_ids"])
     loss = torch.nn.functional.cross_entropy(
@@ -71,7 +74,7 @@ class _Objective:
         return None
 
 
-def _worker(rank: int, port: int, schedule: str, microbatches: int, out: dict) -> None:
+def _worker(rank: int, port: int, name: str, schedule: str, microbatches: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -85,7 +88,7 @@ def _worker(rank: int, port: int, schedule: str, microbatches: int, out: dict) -
         strategy._device_mesh = init_device_mesh(
             "cpu", (1, WORLD), mesh_dim_names=("data_parallel", "pipeline_parallel")
         )
-        objective = _Objective(_net())
+        objective = _Objective(_net(name))
         objective.automatic_optimization = True
         blocks = strategy.split_objective(objective)
         assert objective.automatic_optimization is False
@@ -122,11 +125,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(schedule: str, microbatches: int) -> dict:
+def _spawn(name: str, schedule: str, microbatches: int) -> dict:
     ctx, port = mp.get_context("spawn"), _free_port()
     with mp.Manager() as manager:
         out = manager.dict()
-        procs = [ctx.Process(target=_worker, args=(r, port, schedule, microbatches, out)) for r in range(WORLD)]
+        procs = [ctx.Process(target=_worker, args=(r, port, name, schedule, microbatches, out)) for r in range(WORLD)]
         for p in procs:
             p.start()
         for p in procs:
@@ -154,21 +157,20 @@ def test_balanced_split_counts_embeddings_and_head():
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize(("schedule", "microbatches"), [("gpipe", 2), ("1f1b", 4)])
-def test_pipeline_matches_one_process(schedule: str, microbatches: int):
-    ref_loss, ref_norm, ref_grads, ref_logits = _reference()
-    got = _spawn(schedule, microbatches)
+@pytest.mark.parametrize(
+    ("name", "schedule", "microbatches"), [("gpt", "gpipe", 2), ("gpt", "1f1b", 4), ("llama", "1f1b", 2)]
+)
+def test_pipeline_matches_one_process(name: str, schedule: str, microbatches: int):
+    ref_loss, ref_norm, ref_grads, ref_logits = _reference(name)
+    got = _spawn(name, schedule, microbatches)
     first, last = got[0], got[1]
-    # the split: 3 blocks, balanced by parameters -> embeddings + block 0 | blocks 1, 2 + head (or as stage_layers says)
-    layers = stage_layers(_net(), WORLD)
+    # each stage holds only its blocks, the first the embeddings, the last the final norm and head
+    plan, layers = NETS[name][0].pipeline_plan(), stage_layers(_net(name), WORLD)
     assert first["blocks"] == len(layers[0]) and last["blocks"] == len(layers[1])
-    assert all(
-        n.startswith(("wte.", "wpe.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[0])) for n in first["names"]
-    )
-    assert all(
-        n.startswith(("ln_f.", "lm_head.")) or n.startswith(tuple(f"blocks.{i}." for i in layers[1]))
-        for n in last["names"]
-    )
+    held = [tuple(f"{m}." for m in plan.first), tuple(f"{m}." for m in plan.last)]
+    for rank, stage in enumerate((first, last)):
+        own = held[rank] + tuple(f"blocks.{i}." for i in layers[rank])
+        assert all(n.startswith(own) for n in stage["names"]), (rank, stage["names"])
     assert not set(first["names"]) & set(last["names"]), "a parameter lives in two stages"
     assert set(first["names"]) | set(last["names"]) == set(ref_grads), "each parameter in exactly one stage"
     for rank in (0, 1):
@@ -180,7 +182,7 @@ def test_pipeline_matches_one_process(schedule: str, microbatches: int):
         assert r["pruned_again"], "full_weights left the other stage's parts behind"
         # generation's full_weights: the whole net on each rank, as one process
         assert torch.allclose(r["full_logits"], ref_logits, atol=TOLERANCE, rtol=0)
-    # validation: the forward-only pass gives the same loss on every rank (eval of a net whose loss at init ~ log V)
+    # validation: the forward-only pass gives the same loss on every rank
     assert got[0]["val_loss"] == got[1]["val_loss"] and got[0]["val_n"] == got[1]["val_n"] == BATCH * 15 - 4
     assert abs(got[0]["val_loss"] - ref_loss) < TOLERANCE  # dropout 0: eval loss = train loss at the same weights
 
@@ -191,6 +193,8 @@ def test_tied_embeddings_cannot_be_split():
     tied = GPT(**{**NET, "tie_word_embeddings": True})
     assert _shared_between_stages(tied, tied.pipeline_plan())
     assert not _shared_between_stages(_net(), GPT.pipeline_plan())
+    tied_llama = Llama(**{**NETS["llama"][1], "tie_word_embeddings": True})
+    assert _shared_between_stages(tied_llama, tied_llama.pipeline_plan())
 
 
 def test_balanced_split_of_a_single_stage():

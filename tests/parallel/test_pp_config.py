@@ -29,6 +29,7 @@ def test_pp_preset_gives_one_replica():
     assert cfg.trainer.strategy._target_ == "lmforge.parallel.pipeline.PipelineStrategy"
     assert cfg.trainer.strategy.pipeline_parallel_size == 2 and cfg.trainer.strategy.pipeline.schedule == "gpipe"
     assert check_pipeline_parallel(cfg, check_tensor_parallel(cfg, 2)) == 1  # 2 ranks = 1 pipeline of 2 stages
+    assert check_pipeline_parallel(_cfg("model=llama_tiny", UNTIED), 2) == 1  # the Llama family too
     fsdp = _cfg("trainer=fsdp", "model=gpt_tiny")
     assert check_pipeline_parallel(fsdp, 4) == 4  # other strategies: no pipeline
 
@@ -44,7 +45,8 @@ def test_pp_preset_gives_one_replica():
         (["model=gpt_tiny", UNTIED, "data.batch_size=6", "trainer.strategy.pipeline.microbatches=4"], 2, "divide"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.schedule=zb"], 2, "gpipe, 1f1b"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.layers_per_stage=[2,1]"], 2, "add up to"),
-        (["model=llama_tiny"], 2, "no stage split for Llama"),
+        (["model=llama_tiny"], 2, "model.net.tie_word_embeddings=false"),
+        (["model=gpt_tiny", UNTIED, "model.net._target_=lmforge.models.heads.GPTClassifier"], 2, "no stage split"),
         (["model=bert_tiny"], 2, "causal LM objective only"),
         (["model=gpt_tiny", UNTIED, "data.document_mask=true"], 2, "document_mask"),
         (["model=gpt_tiny", UNTIED, "compile=model"], 2, "compile=blocks"),

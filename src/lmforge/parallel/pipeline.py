@@ -157,7 +157,7 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
     ):
         raise ConfigError(
             f"pipeline parallelism has no stage split for {getattr(net_cls, '__name__', net_cls)} (model.net): the "
-            "GPT family has one. Use trainer=fsdp or trainer=tp for this model."
+            "GPT and Llama families have one. Use trainer=fsdp or trainer=tp for this model."
         )
     net = _meta_net(cfg.model.net)
     plan = net.pipeline_plan()  # type: ignore[operator]
