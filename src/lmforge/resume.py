@@ -102,12 +102,13 @@ def _uses_fsdp_strategy(cfg: DictConfig) -> bool:
     from hydra.utils import get_class
 
     from lmforge.parallel.fsdp import FSDP2Strategy
+    from lmforge.parallel.pipeline import PipelineStrategy
 
     strategy = cfg.trainer.get("strategy")
     if not isinstance(strategy, DictConfig) or "_target_" not in strategy:
         return False
-    try:
-        return issubclass(get_class(str(strategy._target_)), FSDP2Strategy)
+    try:  # trainer=fsdp, trainer=tp, trainer=pp: torch distributed checkpoints
+        return issubclass(get_class(str(strategy._target_)), FSDP2Strategy | PipelineStrategy)
     except Exception:  # a strategy that does not import is the Trainer's own error to report
         return False
 

@@ -387,6 +387,54 @@ class PipelineStrategy(ModelParallelStrategy):
         assert self.lightning_module is not None
         self.lightning_module._device_mesh = self._device_mesh
 
+    # -- checkpoints: a folder with each stage's parameters and optimizer state by parameter name (DCP) --
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Each stage reads its own parameters and optimizer state from a torch distributed checkpoint folder (this
+        strategy's, or FSDP's / TP's: the names are the whole net's). Lightning's ModelParallelStrategy loads only
+        nets with DTensor parameters, which a pipeline stage does not have."""
+        from pathlib import Path
+
+        from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load, _is_sharded_checkpoint
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not _is_sharded_checkpoint(path):
+            raise ConfigError(
+                f"ckpt_path={path} is one file; trainer=pp resumes a checkpoint folder (torch distributed checkpoint: "
+                "trainer=pp, trainer=fsdp or trainer=tp write one)."
+            )
+        module = self.model
+        assert module is not None and self.lightning_module is not None
+        state = {"state_dict": get_model_state_dict(module)}
+        _distributed_checkpoint_load(state, path)
+        module.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        options = StateDictOptions(flatten_optimizer_state_dict=True, cpu_offload=True)
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            optim_state = {key: get_optimizer_state_dict(module, optimizer, options=options)}
+            _distributed_checkpoint_load(optim_state, path)
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=optim_state[key], options=options)
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """The optimizer state flattened by parameter name, hyperparameters included ("param_groups.<name>.lr"):
+        the stages' param_groups differ, and torch distributed checkpoint would keep one rank's copy of a nested
+        `param_groups` list (as torchtitan, which flattens for the same reason)."""
+        from lightning.pytorch.core.optimizer import LightningOptimizer
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer._optimizer
+        assert self.model is not None
+        options = StateDictOptions(flatten_optimizer_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, optimizer, options=options)
+
     @property
     def pp_group(self) -> Any:
         return self.device_mesh["pipeline_parallel"].get_group()
