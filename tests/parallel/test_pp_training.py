@@ -11,6 +11,7 @@ change the updates; a stage's gradients dropped leaves its weights at their init
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -80,6 +81,34 @@ def test_pp_two_processes_match_one_process(single, text_corpus, schedule, micro
     # the last stage's samples, generated with the whole net gathered, reach rank 0's run folder
     assert s["samples"]["count"] == 3 and (run_dir / "samples.txt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # one shard per stage (torch distributed checkpoint)
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "csv/metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def test_pp_checkpoint_resumes_the_run(text_corpus):
+    """From step 5 of a 10-step PP run, the resumed run gives the uninterrupted run's train/loss at every later step
+    and its val/loss: each stage reads back its own weights and optimizer state."""
+    pp = ["trainer=pp", *TWO_CPU_PROCESSES, "callbacks.model_checkpoint.every_n_steps=5"]
+    whole_dir, whole = _run(_args(text_corpus, *pp))
+    step5 = whole_dir / "checkpoints" / "step-5.ckpt"
+    assert step5.is_dir() and len(list(step5.glob("*.distcp"))) == 2, "one shard file per stage"
+    resumed_dir, resumed = _run(_args(text_corpus, *pp, f"ckpt_path={step5}"))
+    assert resumed["status"] == "completed" and resumed["steps"] == 10 and resumed["tokens"] == whole["tokens"]
+    later = {k: v for k, v in _train_losses(whole_dir).items() if k >= 5}
+    got = _train_losses(resumed_dir)
+    assert later and all(abs(got[k] - v) < 1e-5 for k, v in later.items()), (got, later)
+    assert abs(resumed["metrics"]["val/loss"] - whole["metrics"]["val/loss"]) < TOLERANCE
+
+
+def test_pp_llama_matches_one_process(text_corpus):
+    llama = ["model=llama_tiny"]
+    _, one = _run(_args(text_corpus, *llama))
+    _, s = _run(_args(text_corpus, *llama, "trainer=pp", *TWO_CPU_PROCESSES, "trainer.strategy.pipeline.schedule=1f1b"))
+    assert s["status"] == "completed" and s["scale"]["mesh"] == {"dp": 1, "tp": 1, "pp": 2}
+    assert abs(s["metrics"]["val/loss"] - one["metrics"]["val/loss"]) < TOLERANCE
 
 
 def test_pp_refuses_tied_embeddings_before_compute(text_corpus):
