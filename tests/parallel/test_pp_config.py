@@ -41,6 +41,7 @@ def test_pp_preset_gives_one_replica():
         (["model=gpt_tiny"], 2, "model.net.tie_word_embeddings=false"),
         (["model=gpt_tiny", UNTIED], 3, "does not divide the world size 3"),
         (["model=gpt_tiny", UNTIED], 4, "data parallel x pipeline parallel"),
+        (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=1"], 2, "data parallel x pipeline"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=0"], 2, "must be a positive integer"),
         (["model=gpt_tiny", UNTIED, "data.batch_size=6", "trainer.strategy.pipeline.microbatches=4"], 2, "divide"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.schedule=zb"], 2, "gpipe, 1f1b"),

@@ -120,9 +120,9 @@ def _meta_net(net_cfg: DictConfig) -> nn.Module:
 def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
     """The data-parallel size once pipeline parallelism is known to fit the world size, the model and the objective.
     Runs before the Trainer exists, so a misfit stops the run before any process group computes."""
-    pp = requested_pp(cfg.trainer)
-    if pp == 1:
+    if not _strategy_is_pipeline(cfg.trainer.get("strategy")):
         return world_size
+    pp = requested_pp(cfg.trainer)
     options = PipelineOptions.parse(cfg.trainer.strategy.get("pipeline"))
     if world_size % pp:
         fits = ", ".join(str(n) for n in range(1, world_size + 1) if world_size % n == 0)
@@ -191,7 +191,7 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
 
 def check_pipeline_budget(cfg: DictConfig) -> None:
     """After the token budget is planned: one pipeline step is one batch (its micro-batches are the accumulation)."""
-    if requested_pp(cfg.trainer) > 1 and int(cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
+    if _strategy_is_pipeline(cfg.trainer.get("strategy")) and int(cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
         raise ConfigError(
             f"pipeline parallelism does not accumulate batches (trainer.accumulate_grad_batches="
             f"{cfg.trainer.accumulate_grad_batches}): a step is one batch, split into "
