@@ -1,4 +1,5 @@
-"""Tokens/s of one process vs two (DDP, FSDP, TP, PP) on this machine's CPUs, through `python train.py` as a user runs it.
+"""Tokens/s of one process vs two (DDP, FSDP, TP, PP) on this machine's CPUs, through `python train.py` as a user
+runs it.
 
     python bench/scaling.py                       # writes bench/results/scaling.json
     python bench/scaling.py --rounds 1 --steps 6 --model gpt_tiny --out /tmp/scaling.json   # a quick smoke run

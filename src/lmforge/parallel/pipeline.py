@@ -10,11 +10,12 @@ Every rank of a pipeline reads the same batch (one model replica: the data-paral
 training step splits `data.batch_size` into `trainer.strategy.pipeline.microbatches` micro-batches and runs them
 through torch's GPipe or 1F1B schedule (`schedule.step`), which runs forward and backward itself; so under this
 strategy the objective optimises manually (LMObjective.training_step calls `forward_backward` and
-`pipeline_optimizer_step` here). Checkpoints are torch distributed checkpoint folders, one shard per stage, with
-the optimizer state flattened by parameter name. The loss of each micro-batch is its summed token cross-entropy divided by the whole batch's
-target count (and the schedule does not rescale), so the gradient is exactly the one-process gradient of the
-batch's mean loss. Gradient clipping uses the norm over all stages (squared norms summed over the pipeline group).
-The last stage's loss is broadcast to every rank, so rank 0 logs it and summary.json has it.
+`pipeline_optimizer_step` here). The loss of each micro-batch is its summed token cross-entropy divided by the
+whole batch's target count (and the schedule does not rescale), so the gradient is exactly the one-process
+gradient of the batch's mean loss. Gradient clipping uses the norm over all stages (squared norms summed over the
+pipeline group). The last stage's loss is broadcast to every rank, so rank 0 logs it and summary.json has it.
+Checkpoints are torch distributed checkpoint folders, one shard per stage, with the optimizer state flattened by
+parameter name.
 
 Validation runs each stage's forward with blocking send/recv of the hidden states (the shapes are known: every rank
 has the batch), the last stage computes the loss and broadcasts it. Generation (samples) gathers the whole net on
