@@ -29,6 +29,7 @@ def test_pp_preset_gives_one_replica():
     assert cfg.trainer.strategy._target_ == "lmforge.parallel.pipeline.PipelineStrategy"
     assert cfg.trainer.strategy.pipeline_parallel_size == 2 and cfg.trainer.strategy.pipeline.schedule == "gpipe"
     assert check_pipeline_parallel(cfg, check_tensor_parallel(cfg, 2)) == 1  # 2 ranks = 1 pipeline of 2 stages
+    assert check_pipeline_parallel(cfg, 4) == 2  # 4 ranks = 2 data-parallel replicas of a 2-stage pipeline
     assert check_pipeline_parallel(_cfg("model=llama_tiny", UNTIED), 2) == 1  # the Llama family too
     fsdp = _cfg("trainer=fsdp", "model=gpt_tiny")
     assert check_pipeline_parallel(fsdp, 4) == 4  # other strategies: no pipeline
@@ -40,8 +41,6 @@ def test_pp_preset_gives_one_replica():
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=3"], 3, "more stages than the net's 2"),
         (["model=gpt_tiny"], 2, "model.net.tie_word_embeddings=false"),
         (["model=gpt_tiny", UNTIED], 3, "does not divide the world size 3"),
-        (["model=gpt_tiny", UNTIED], 4, "data parallel x pipeline parallel"),
-        (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=1"], 2, "data parallel x pipeline"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=0"], 2, "must be a positive integer"),
         (["model=gpt_tiny", UNTIED, "data.batch_size=6", "trainer.strategy.pipeline.microbatches=4"], 2, "divide"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.schedule=zb"], 2, "gpipe, 1f1b"),

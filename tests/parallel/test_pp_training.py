@@ -83,6 +83,19 @@ def test_pp_two_processes_match_one_process(single, text_corpus, schedule, micro
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # one shard per stage (torch distributed checkpoint)
 
 
+def test_dp_by_pp_mesh_of_four_processes_matches_one_process(single, text_corpus):
+    """2 data-parallel replicas x 2 pipeline stages: each replica reads 8 of the 16 examples of a step (as DDP's
+    ranks do) and every stage's gradients are averaged over its replicas."""
+    _, s = _run(_args(text_corpus, "trainer=pp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=8"))
+    assert s["status"] == "completed" and s["steps"] == 10
+    assert s["scale"]["mesh"] == {"dp": 2, "tp": 1, "pp": 2}
+    assert s["scale"]["world_size"] == 4 and s["scale"]["data_parallel_size"] == 2
+    assert s["scale"]["global_batch_size"] == 16 and s["tokens"] == single[1]["tokens"]
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+    # the logged loss is the replicas' mean: the whole global batch's, as one process logs it
+    assert abs(s["metrics"]["train/loss"] - single[1]["metrics"]["train/loss"]) < TOLERANCE
+
+
 def _train_losses(run_dir: Path) -> dict[int, float]:
     with open(run_dir / "csv/metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}

@@ -21,7 +21,11 @@ Validation runs each stage's forward with blocking send/recv of the hidden state
 has the batch), the last stage computes the loss and broadcasts it. Generation (samples) gathers the whole net on
 every rank first (`full_weights`, as FSDP's), then decodes as one process.
 
-Not built: data parallel x pipeline (world size must equal pipeline_parallel_size), tensor parallel with it, tied
+Data parallel x pipeline parallel: world size / pipeline_parallel_size replicas of the pipeline (the mesh's
+data_parallel dimension), each reading its shard of the batches as DDP's ranks do; after each step every stage's
+gradients are averaged over its replicas (one all-reduce per parameter), as DDP would.
+
+Not built: tensor parallel with it, tied
 embeddings (their weight would live in two stages: refused), objectives other than the causal LM, document masks,
 gradient accumulation (the pipeline's micro-batches take its place), meta-device init (each rank builds the full
 net, then drops the other stages' parts).
@@ -131,12 +135,6 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
         raise ConfigError(
             f"trainer.strategy.pipeline_parallel_size={pp} does not divide the world size {world_size} "
             f"(trainer.devices x trainer.num_nodes): choose one of {fits}, or change the number of devices."
-        )
-    if world_size != pp:
-        raise ConfigError(
-            f"trainer.strategy.pipeline_parallel_size={pp} on {world_size} processes would need data parallel x "
-            f"pipeline parallel ({world_size // pp} x {pp}), which lmforge does not build: set trainer.devices x "
-            f"trainer.num_nodes = {pp}, or pipeline_parallel_size={world_size}."
         )
     objective = get_class(str(cfg.model._target_))
     if getattr(objective, "name", None) != "clm":
@@ -361,7 +359,7 @@ class PipelineStrategy(ModelParallelStrategy):
     the device mesh (data_parallel, pipeline_parallel) = (1, N), and torch's distributed checkpoints (one shard per
     stage); this class splits the net, runs the schedule and reduces across stages.
 
-    pipeline_parallel_size  stages = ranks of one pipeline (must equal the world size: no data parallel x PP yet)
+    pipeline_parallel_size  stages = ranks of one pipeline; the world size / it pipelines are data-parallel replicas
     pipeline.microbatches   micro-batches each batch (data.batch_size) is split into; must divide it
     pipeline.schedule       gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward in turn)
     pipeline.layers_per_stage  blocks per stage, first to last; null: balanced by parameter count
@@ -509,7 +507,19 @@ class PipelineStrategy(ModelParallelStrategy):
             self._schedule.step(*args, return_outputs=False)
             loss = torch.zeros((), device=self.root_device)
         dist.broadcast(loss, src=self.last_rank, group=self.pp_group)
+        if self.data_parallel_size > 1:  # replicas of this stage: average their gradients (and the logged loss)
+            dp_group = self.device_mesh["data_parallel"].get_group()
+            for p in objective.net.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, group=dp_group)
+                    p.grad.div_(self.data_parallel_size)
+            dist.all_reduce(loss, group=dp_group)
+            loss = loss / self.data_parallel_size
         return loss
+
+    @property
+    def data_parallel_size(self) -> int:
+        return int(self.device_mesh["data_parallel"].size())
 
     def pipeline_optimizer_step(self, objective: Any, clip_val: float | None) -> None:
         """Clip by the norm over all stages (trainer.gradient_clip_val), step the optimizer and the schedule."""
