@@ -44,6 +44,16 @@ def test_pp_preset_gives_one_replica():
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline_parallel_size=0"], 2, "must be a positive integer"),
         (["model=gpt_tiny", UNTIED, "data.batch_size=6", "trainer.strategy.pipeline.microbatches=4"], 2, "divide"),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.schedule=zb"], 2, "gpipe, 1f1b"),
+        (
+            [
+                "model=gpt",
+                UNTIED,
+                "trainer.strategy.pipeline_parallel_size=4",
+                "trainer.strategy.pipeline.schedule=1f1b",
+            ],
+            4,
+            "at least as many micro-batches as stages",
+        ),
         (["model=gpt_tiny", UNTIED, "trainer.strategy.pipeline.layers_per_stage=[2,1]"], 2, "add up to"),
         (["model=llama_tiny"], 2, "model.net.tie_word_embeddings=false"),
         (["model=gpt_tiny", UNTIED, "model.net._target_=lmforge.models.heads.GPTClassifier"], 2, "no stage split"),

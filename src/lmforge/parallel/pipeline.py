@@ -180,6 +180,12 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
             f"trainer.strategy.pipeline.layers_per_stage={list(options.layers_per_stage)} must give {pp} stages "
             f"(pipeline_parallel_size) whose blocks add up to model.net.n_layer={n_blocks}."
         )
+    if options.schedule == "1f1b" and options.microbatches < pp:
+        raise ConfigError(
+            f"trainer.strategy.pipeline.schedule=1f1b needs at least as many micro-batches as stages: "
+            f"trainer.strategy.pipeline.microbatches={options.microbatches} < pipeline_parallel_size={pp}. Raise "
+            "microbatches, or use schedule=gpipe."
+        )
     batch = int(cfg.data.batch_size)
     if batch % options.microbatches:
         raise ConfigError(
