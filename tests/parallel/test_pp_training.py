@@ -77,7 +77,9 @@ def test_pp_two_processes_match_one_process(single, text_corpus, schedule, micro
     assert s["params"] == single[1]["params"]
     assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
     assert abs(s["metrics"]["train/loss"] - single[1]["metrics"]["train/loss"]) < TOLERANCE
-    assert s["perf"]["tokens_per_sec"] > 0
+    # MFU's FLOPs are the batch's once per pipeline (each stage credited its 1/pp), as one process counts them
+    per_token, one_per_token = (r["perf"]["flops_per_sec"] / r["perf"]["tokens_per_sec"] for r in (s, single[1]))
+    assert per_token == pytest.approx(one_per_token, rel=1e-6)
     # the last stage's samples, generated with the whole net gathered, reach rank 0's run folder
     assert s["samples"]["count"] == 3 and (run_dir / "samples.txt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # one shard per stage (torch distributed checkpoint)
