@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_dir_from_output, run_train
+import torch
+from conftest import REPO, TINY, run_dir_from_output, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -98,6 +102,12 @@ def test_dp_by_pp_mesh_of_four_processes_matches_one_process(single, text_corpus
     assert abs(s["metrics"]["train/loss"] - single[1]["metrics"]["train/loss"]) < TOLERANCE
 
 
+def _module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+
+
 def _train_losses(run_dir: Path) -> dict[int, float]:
     with open(run_dir / "csv/metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
@@ -116,6 +126,23 @@ def test_pp_checkpoint_resumes_the_run(text_corpus):
     got = _train_losses(resumed_dir)
     assert later and all(abs(got[k] - v) < 1e-5 for k, v in later.items()), (got, later)
     assert abs(resumed["metrics"]["val/loss"] - whole["metrics"]["val/loss"]) < TOLERANCE
+
+    # the folder holds the whole net under its own names: it exports as it is, with the weights of every stage
+    transformers = pytest.importorskip("transformers")
+    from lmforge.export import net_from_checkpoint, read_checkpoint
+
+    last, out = whole_dir / "checkpoints" / "last.ckpt", whole_dir / "hf"
+    proc = _module("lmforge.export", str(last), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    net = net_from_checkpoint(read_checkpoint(last))  # strict: every weight present
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    x = torch.randint(5, 200, (2, 24))
+    with torch.no_grad():
+        assert (net(x) - hf.eval()(input_ids=x).logits).abs().max().item() <= 1e-4
+    # consolidating it into one file is not built for its flattened optimizer state: refused with the way out
+    made = _module("lmforge.parallel.checkpoint", str(last))
+    assert made.returncode == 2 and "lmforge.export" in made.stderr
 
 
 def test_pp_llama_matches_one_process(text_corpus):

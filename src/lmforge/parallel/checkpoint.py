@@ -56,6 +56,12 @@ def resumable(ckpt: dict[str, Any]) -> dict[str, Any]:
 def positional_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     """torch.optim.Optimizer.state_dict()'s layout from get_optimizer_state_dict's: parameter names -> 0, 1, ... in
     the order the groups list them (the order Optimizer.state_dict numbers its parameters in)."""
+    if "param_groups" not in state:  # trainer=pp: flattened by parameter name ("state.<name>.exp_avg", ...)
+        raise ConfigError(
+            "this checkpoint's optimizer state is flattened by parameter name (trainer=pp writes it so), which "
+            "consolidation does not turn into a plain optimizer's yet. Resume the folder with trainer=pp, or export "
+            "its weights: python -m lmforge.export <folder> <out>."
+        )
     ids: dict[str, int] = {}
     groups = []
     for group in state["param_groups"]:
