@@ -44,7 +44,7 @@ from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
 from lmforge.parallel.init import build_model, instantiate_objective
 from lmforge.parallel.launch import isolated_job
-from lmforge.parallel.pipeline import check_pipeline_budget, check_pipeline_parallel
+from lmforge.parallel.pipeline import check_pipeline_parallel
 from lmforge.parallel.tensor import check_tensor_parallel
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
@@ -134,7 +134,6 @@ def build_trainer(
     # the budget counts model replicas: ranks of one tensor-parallel group or one pipeline share each batch
     replicas = check_pipeline_parallel(cfg, check_tensor_parallel(cfg, world_size))
     batch_facts = plan_budget(cfg, replicas, block_len)
-    check_pipeline_budget(cfg)
     if replicas != world_size:
         batch_facts.update(world_size=world_size, data_parallel_size=replicas)
     # Signals stop the run with a checkpoint whatever the callbacks config says (lmforge/callbacks/preemption.py).

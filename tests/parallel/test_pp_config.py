@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 from lmforge.errors import ConfigError
-from lmforge.parallel.pipeline import check_pipeline_budget, check_pipeline_parallel
+from lmforge.parallel.pipeline import check_pipeline_parallel
 from lmforge.parallel.tensor import check_tensor_parallel
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -65,11 +64,3 @@ def test_pp_preset_gives_one_replica():
 def test_pp_that_cannot_work_is_refused_before_any_process_group(overrides, world, says):
     with pytest.raises(ConfigError, match=says):
         check_pipeline_parallel(_cfg(*overrides), world)
-
-
-def test_accumulation_is_refused_under_pp():
-    cfg = _cfg("model=gpt_tiny", UNTIED)
-    with open_dict(cfg):
-        cfg.trainer.accumulate_grad_batches = 2
-    with pytest.raises(ConfigError, match="does not accumulate"):
-        check_pipeline_budget(cfg)

@@ -102,6 +102,15 @@ def test_dp_by_pp_mesh_of_four_processes_matches_one_process(single, text_corpus
     assert abs(s["metrics"]["train/loss"] - single[1]["metrics"]["train/loss"]) < TOLERANCE
 
 
+def test_pp_with_gradient_accumulation_matches_one_process(single, text_corpus):
+    """global_batch_size=16 from batches of 8: two batches' gradients added (each weighted 1/2) per optimizer step,
+    stepped where Lightning's loop steps; validation batches of 16 read the same 32 blocks as one process."""
+    _, s = _run(_args(text_corpus, "trainer=pp", *TWO_CPU_PROCESSES, "data.batch_size=8", "data.val_batch_size=16"))
+    assert s["status"] == "completed" and s["steps"] == 10 and s["scale"]["accumulate_grad_batches"] == 2
+    assert s["tokens"] == single[1]["tokens"]
+    assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+
+
 def _module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy()

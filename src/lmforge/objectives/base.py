@@ -95,7 +95,7 @@ class LMObjective(L.LightningModule):
         pipeline = pipeline_strategy(self._trainer)
         parts: dict[str, torch.Tensor] = {}
         if pipeline is not None:  # trainer=pp: the schedule runs forward and backward (lmforge/parallel/pipeline.py)
-            loss = pipeline.forward_backward(self, batch)
+            loss = pipeline.forward_backward(self, batch, self.trainer.accumulate_grad_batches)
         else:
             loss, parts = self.training_loss(batch)
         self._stop_if_loss_diverged(loss)
@@ -111,7 +111,7 @@ class LMObjective(L.LightningModule):
                 self.log(name, value)
             self.log("lr", self._current_lr())
         if pipeline is not None:  # manual optimisation: clip over all stages, step the optimizer and the schedule
-            pipeline.pipeline_optimizer_step(self, self.trainer.gradient_clip_val)
+            pipeline.after_batch(self)
         return loss
 
     # -- evaluation: validation and test share one implementation; an objective extends eval_step and

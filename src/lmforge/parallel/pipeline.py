@@ -25,10 +25,12 @@ Data parallel x pipeline parallel: world size / pipeline_parallel_size replicas 
 data_parallel dimension), each reading its shard of the batches as DDP's ranks do; after each step every stage's
 gradients are averaged over its replicas (one all-reduce per parameter), as DDP would.
 
-Not built: tensor parallel with it, tied
-embeddings (their weight would live in two stages: refused), objectives other than the causal LM, document masks,
-gradient accumulation (the pipeline's micro-batches take its place), meta-device init (each rank builds the full
-net, then drops the other stages' parts).
+Gradient accumulation (global_batch_size > data.batch_size x replicas) adds each batch's gradients, weighted
+1/accumulate, and steps where Lightning's fit loop would.
+
+Not built: tensor parallel with it, tied embeddings (their weight would live in two stages: refused), objectives
+other than the causal LM, document masks, meta-device init (each rank builds the full net, then drops the other
+stages' parts).
 """
 
 from __future__ import annotations
@@ -193,17 +195,6 @@ def check_pipeline_parallel(cfg: DictConfig, world_size: int) -> int:
             "each micro-batch takes an equal share of the batch. Choose a divisor of data.batch_size."
         )
     return world_size // pp
-
-
-def check_pipeline_budget(cfg: DictConfig) -> None:
-    """After the token budget is planned: one pipeline step is one batch (its micro-batches are the accumulation)."""
-    if _strategy_is_pipeline(cfg.trainer.get("strategy")) and int(cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
-        raise ConfigError(
-            f"pipeline parallelism does not accumulate batches (trainer.accumulate_grad_batches="
-            f"{cfg.trainer.accumulate_grad_batches}): a step is one batch, split into "
-            f"trainer.strategy.pipeline.microbatches micro-batches. Set data.batch_size to the global batch "
-            f"({cfg.data.batch_size} x {cfg.trainer.accumulate_grad_batches}) instead."
-        )
 
 
 def _shared_between_stages(net: nn.Module, plan: Any) -> bool:
@@ -380,6 +371,7 @@ class PipelineStrategy(ModelParallelStrategy):
         self._schedule: Any = None
         self._stage_module: _StageModule | None = None
         self._denominator: torch.Tensor | None = None
+        self._accumulating = False  # gradients of earlier batches of this optimizer step are held
 
     # -- processes and mesh --
     def setup_environment(self) -> None:
@@ -493,33 +485,31 @@ class PipelineStrategy(ModelParallelStrategy):
         return total / self._denominator
 
     # -- training (LMObjective.training_step) --
-    def forward_backward(self, objective: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One batch through the pipeline, forward and backward: the gradients of this stage's parameters, and the
-        batch's mean loss on every rank (from the last stage)."""
+    def forward_backward(self, objective: Any, batch: dict[str, torch.Tensor], accumulate: int = 1) -> torch.Tensor:
+        """One batch through the pipeline, forward and backward: this stage's parameters' gradients (added to those
+        of the step's earlier batches under gradient accumulation, each batch's weighted 1/accumulate as Lightning
+        does), and the batch's mean loss on every rank (from the last stage; with replicas, their mean)."""
         import torch.distributed as dist
 
         assert self.stage_split is not None
         if self._schedule is None:
             self._schedule = self._build_schedule(objective.net)
-        objective.optimizers().zero_grad(set_to_none=True)
+        if not self._accumulating:  # the step's first batch
+            objective.optimizers().zero_grad(set_to_none=True)
+        self._accumulating = True
         ids, labels = batch["input_ids"], batch["labels"]
-        self._denominator = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+        self._denominator = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1) * accumulate
         losses: list[torch.Tensor] = []
         args = (ids,) if self.stage_split.stage == 0 else ()
         if self.is_last_stage:
             self._schedule.step(*args, target=labels, losses=losses, return_outputs=False)
-            loss = torch.stack([x.detach().float() for x in losses]).sum()
+            loss = torch.stack([x.detach().float() for x in losses]).sum() * accumulate
         else:
             self._schedule.step(*args, return_outputs=False)
             loss = torch.zeros((), device=self.root_device)
         dist.broadcast(loss, src=self.last_rank, group=self.pp_group)
-        if self.data_parallel_size > 1:  # replicas of this stage: average their gradients (and the logged loss)
-            dp_group = self.device_mesh["data_parallel"].get_group()
-            for p in objective.net.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, group=dp_group)
-                    p.grad.div_(self.data_parallel_size)
-            dist.all_reduce(loss, group=dp_group)
+        if self.data_parallel_size > 1:  # the logged loss: the replicas' mean, the global batch's as one process's
+            dist.all_reduce(loss, group=self.device_mesh["data_parallel"].get_group())
             loss = loss / self.data_parallel_size
         return loss
 
@@ -527,9 +517,25 @@ class PipelineStrategy(ModelParallelStrategy):
     def data_parallel_size(self) -> int:
         return int(self.device_mesh["data_parallel"].size())
 
+    def after_batch(self, objective: Any) -> None:
+        """Step the optimizer unless the batch's gradients accumulate into the next one's. Lightning's own rule
+        (its fit loop's `_should_accumulate`, which also decides its step count and lr schedule): every
+        trainer.accumulate_grad_batches batches, and at the end of an epoch."""
+        if objective.trainer.fit_loop.epoch_loop._should_accumulate():
+            return
+        self.pipeline_optimizer_step(objective, objective.trainer.gradient_clip_val)
+
     def pipeline_optimizer_step(self, objective: Any, clip_val: float | None) -> None:
-        """Clip by the norm over all stages (trainer.gradient_clip_val), step the optimizer and the schedule."""
+        """Average each stage's gradients over its data-parallel replicas, clip by the norm over all stages
+        (trainer.gradient_clip_val), step the optimizer and the lr schedule."""
+        import torch.distributed as dist
+
         params = [p for p in objective.net.parameters() if p.grad is not None]
+        if self.data_parallel_size > 1:  # one all-reduce per parameter, once per step (as DDP's no_sync)
+            dp_group = self.device_mesh["data_parallel"].get_group()
+            for p in params:
+                dist.all_reduce(p.grad, group=dp_group)
+                p.grad.div_(self.data_parallel_size)
         self.last_grad_norm = total = self.grad_norm(params)
         if clip_val:
             coef = torch.clamp(float(clip_val) / (total + 1e-6), max=1.0)
@@ -539,6 +545,7 @@ class PipelineStrategy(ModelParallelStrategy):
         scheduler = objective.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self._accumulating = False
 
     def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
         """The L2 norm of the gradients of the whole net: this stage's squared norm summed over the pipeline."""
