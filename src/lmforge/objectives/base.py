@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
 from lmforge.log_steps import is_log_step
-from lmforge.parallel.pipeline import pipeline_strategy
+from lmforge.parallel.pipeline import pipeline_strategy, share_step_progress
 from lmforge.parallel.tensor import data_parallel_size, grad_norm
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
@@ -222,9 +222,13 @@ class LMObjective(L.LightningModule):
             "config": self.run_config,
             "init_from": self.init_from,
         }
+        if pipeline_strategy(self._trainer) is not None:  # manual optimisation: its step count for every loop
+            share_step_progress(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("lmforge", {}).get("tokens_seen", 0)
+        if pipeline_strategy(self._trainer) is not None:  # a checkpoint of automatic optimisation: its step count
+            share_step_progress(checkpoint)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -387,9 +387,10 @@ class PipelineStrategy(ModelParallelStrategy):
 
     # -- checkpoints: a folder with each stage's parameters and optimizer state by parameter name (DCP) --
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Each stage reads its own parameters and optimizer state from a torch distributed checkpoint folder (this
-        strategy's, or FSDP's / TP's: the names are the whole net's). Lightning's ModelParallelStrategy loads only
-        nets with DTensor parameters, which a pipeline stage does not have."""
+        """Each stage reads its own parameters and optimizer state from a trainer=pp checkpoint folder (torch
+        distributed checkpoint, names of the whole net, the optimizer state flattened by name; on any split of the
+        stages). Lightning's ModelParallelStrategy loads only nets with DTensor parameters, which a stage has not.
+        FSDP's and TP's folders keep their optimizer state nested by group, which this does not read."""
         from pathlib import Path
 
         from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load, _is_sharded_checkpoint
@@ -595,6 +596,26 @@ class PipelineStrategy(ModelParallelStrategy):
             "microbatches": self.options.microbatches,
             "layers_per_stage": list(self.options.layers_per_stage) if self.options.layers_per_stage else None,
         }
+
+
+def share_step_progress(checkpoint: dict[str, Any]) -> None:
+    """Lightning counts optimizer steps in its automatic or its manual optimisation loop, whichever ran, and resumes
+    `global_step` from the one the resuming run uses. trainer=pp optimises manually, every other strategy
+    automatically: copy the count into the loop that has none, so a checkpoint resumes at its step either way
+    (a PP folder consolidated for one process, an FSDP folder resumed under trainer=pp)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
+    if not manual or not automatic:
+        return
+    step, zero_grad = automatic["optimizer"]["step"], automatic["optimizer"]["zero_grad"]
+    if manual["total"]["completed"] and not step["total"]["completed"]:
+        for scope in ("total", "current"):
+            step[scope] = dict(manual[scope])
+            zero_grad[scope] = {**manual[scope], "started": manual[scope]["completed"]}
+    elif step["total"]["completed"] and not manual["total"]["completed"]:
+        for scope in ("total", "current"):
+            manual[scope] = {"ready": step[scope]["ready"], "completed": step[scope]["completed"]}
 
 
 def pipeline_strategy(trainer: Any) -> PipelineStrategy | None:
