@@ -353,8 +353,8 @@ class _StageModule(nn.Module):
 
 class PipelineStrategy(ModelParallelStrategy):
     """Pipeline parallelism over all ranks (`trainer=pp`): Lightning's ModelParallelStrategy for the processes,
-    the device mesh (data_parallel, pipeline_parallel) = (1, N), and torch's distributed checkpoints (one shard per
-    stage); this class splits the net, runs the schedule and reduces across stages.
+    the device mesh (data_parallel, pipeline_parallel) = (world / N, N), and torch's distributed checkpoints (one
+    shard per stage); this class splits the net, runs the schedule and reduces across stages and replicas.
 
     pipeline_parallel_size  stages = ranks of one pipeline; the world size / it pipelines are data-parallel replicas
     pipeline.microbatches   micro-batches each batch (data.batch_size) is split into; must divide it
@@ -388,9 +388,9 @@ class PipelineStrategy(ModelParallelStrategy):
     # -- checkpoints: a folder with each stage's parameters and optimizer state by parameter name (DCP) --
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         """Each stage reads its own parameters and optimizer state from a trainer=pp checkpoint folder (torch
-        distributed checkpoint, names of the whole net, the optimizer state flattened by name; on any split of the
-        stages). Lightning's ModelParallelStrategy loads only nets with DTensor parameters, which a stage has not.
-        FSDP's and TP's folders keep their optimizer state nested by group, which this does not read."""
+        distributed checkpoint, names of the whole net, the optimizer state flattened by name). Lightning's
+        ModelParallelStrategy loads only nets with DTensor parameters, which a stage has not. FSDP's and TP's
+        folders keep their optimizer state nested by group, which this does not read."""
         from pathlib import Path
 
         from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load, _is_sharded_checkpoint
@@ -405,8 +405,8 @@ class PipelineStrategy(ModelParallelStrategy):
         path = Path(self.broadcast(checkpoint_path))
         if not _is_sharded_checkpoint(path):
             raise ConfigError(
-                f"ckpt_path={path} is one file; trainer=pp resumes a checkpoint folder (torch distributed checkpoint: "
-                "trainer=pp, trainer=fsdp or trainer=tp write one)."
+                f"ckpt_path={path} is one file; trainer=pp resumes the checkpoint folder a trainer=pp run writes "
+                "(<run>/checkpoints/last.ckpt). Resume a one-file checkpoint on one process or under trainer=ddp."
             )
         module = self.model
         assert module is not None and self.lightning_module is not None
