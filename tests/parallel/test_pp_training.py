@@ -137,6 +137,12 @@ def test_pp_checkpoint_resumes_the_run(text_corpus):
     assert later and all(abs(got[k] - v) < 1e-5 for k, v in later.items()), (got, later)
     assert abs(resumed["metrics"]["val/loss"] - whole["metrics"]["val/loss"]) < TOLERANCE
 
+    # FSDP reads its own folders' optimizer layout, not PP's: refused before compute, with the fixes
+    refused = run_train(
+        _args(text_corpus, "trainer=fsdp", *TWO_CPU_PROCESSES, "data.batch_size=8", f"ckpt_path={step5}")
+    )
+    assert refused.returncode == 2 and "written by trainer=pp" in refused.stderr, refused.stderr[-2000:]
+
     # the folder holds the whole net under its own names: it exports as it is, with the weights of every stage
     transformers = pytest.importorskip("transformers")
     from lmforge.export import net_from_checkpoint, read_checkpoint
