@@ -1,10 +1,12 @@
-"""Tokens/s of one process vs two (DDP, FSDP, TP) on this machine's CPUs, through `python train.py` as a user runs it.
+"""Tokens/s of one process vs two (DDP, FSDP, TP, PP) on this machine's CPUs, through `python train.py` as a user
+runs it.
 
     python bench/scaling.py                       # writes bench/results/scaling.json
     python bench/scaling.py --rounds 1 --steps 6 --model gpt_tiny --out /tmp/scaling.json   # a quick smoke run
 
-Every configuration trains with the same global batch (one process and TP's one replica: data.batch_size=G;
-DDP/FSDP: G/2 each).
+Every configuration trains with the same global batch (one process and TP's or PP's one replica: data.batch_size=G;
+DDP/FSDP: G/2 each). PP (2 stages, 4 micro-batches of G/4) unties the embeddings, which pipeline parallelism needs:
+the same matmuls, one more vocab x d_model table.
 Throughput is steady state, timed inside each run on rank 0 (bench/step_timer.py: the first steps are skipped,
 so process start-up, tokenizer and model building and sharding do not count). Configurations are interleaved
 round by round so that changing machine load hits all alike; the report keeps every round and the median, and
@@ -36,8 +38,21 @@ CONFIGS = {
     "FSDP, 2 processes": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"],
     # one model over 2 ranks: one replica, so each rank reads the whole global batch
     "TP, 2 processes": ["trainer=tp", "trainer.accelerator=cpu", "trainer.devices=2"],
+    # 2 pipeline stages, one replica: each batch in 4 micro-batches through torch's schedule
+    **{
+        f"PP {name}, 2 processes": [
+            "trainer=pp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "model.net.tie_word_embeddings=false",
+            f"trainer.strategy.pipeline.schedule={schedule}",
+            "trainer.strategy.pipeline.microbatches=4",
+        ]
+        for name, schedule in (("GPipe", "gpipe"), ("1F1B", "1f1b"))
+    },
 }
 REPLICAS = {"1 process": 1, "DDP, 2 processes": 2, "FSDP, 2 processes": 2, "TP, 2 processes": 1}
+REPLICAS.update({name: 1 for name in CONFIGS if name.startswith("PP")})
 
 
 def _train(args: list[str], env: dict[str, str]) -> tuple[dict, dict]:

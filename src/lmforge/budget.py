@@ -72,10 +72,11 @@ def plan_budget(cfg: DictConfig, world_size: int, block_len: int) -> dict[str, A
 
 
 def describe(scale: dict[str, Any]) -> str:
-    if "data_parallel_size" in scale:  # tensor parallel: the ranks of a group share each batch
+    if "data_parallel_size" in scale:  # tensor or pipeline parallel: the ranks of a group share each batch
+        kind = "pipeline-parallel" if scale.get("mesh", {}).get("pp", 1) > 1 else "tensor-parallel"
         per = (
             f"{scale['micro_batch_size']} per replica x {scale['data_parallel_size']} data-parallel replica(s) of "
-            f"{scale['world_size'] // scale['data_parallel_size']} tensor-parallel devices"
+            f"{scale['world_size'] // scale['data_parallel_size']} {kind} devices"
         )
     else:
         per = f"{scale['micro_batch_size']} per device x {scale['world_size']} device(s)"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.callbacks.checkpoints import LAST, step_of
@@ -87,6 +88,8 @@ def check_layout(cfg: DictConfig, path: Path, named: str) -> None:
     """A sharded checkpoint folder (trainer=fsdp or tp: torch distributed checkpoint, one shard per rank) resumes
     only under the FSDP strategy, which reshards it on load onto any mesh (FSDP or TP, any number of processes).
     Lightning's other strategies read one file: they would fail on the folder after the data is built."""
+    if path.expanduser().is_dir() and _uses_fsdp_strategy(cfg):
+        _check_pipeline_layout(cfg, path.expanduser(), named)
     if not path.expanduser().is_dir() or _uses_fsdp_strategy(cfg):
         return
     raise ConfigError(
@@ -98,16 +101,49 @@ def check_layout(cfg: DictConfig, path: Path, named: str) -> None:
     )
 
 
+def _check_pipeline_layout(cfg: DictConfig, path: Path, named: str) -> None:
+    """A trainer=pp folder keeps its optimizer state flattened by parameter name, FSDP's and TP's nested by group:
+    each reads only its own. Told apart by the run config the folder's meta.pt records."""
+    from hydra.utils import get_class
+
+    from lmforge.checkpoints import SHARDED_META
+    from lmforge.parallel.pipeline import PipelineStrategy, _strategy_is_pipeline
+
+    if not (path / SHARDED_META).is_file():
+        return
+    meta = torch.load(path / SHARDED_META, weights_only=False, map_location="cpu").get("lmforge") or {}
+    target = (((meta.get("config") or {}).get("trainer") or {}).get("strategy") or {}).get("_target_")
+    if not isinstance(target, str):
+        return
+    try:
+        written_by_pp = issubclass(get_class(target), PipelineStrategy)
+    except Exception:  # a strategy that no longer imports: leave it to the load
+        return
+    if written_by_pp == _strategy_is_pipeline(cfg.trainer.get("strategy")):
+        return
+    if written_by_pp:
+        raise ConfigError(
+            f"{named} was written by trainer=pp (optimizer state flattened by parameter name), which this run's "
+            f"strategy does not read. Resume it with trainer=pp, or consolidate it first (python -m "
+            f"lmforge.parallel.checkpoint {path}) and resume that file on one process or under trainer=ddp."
+        )
+    raise ConfigError(
+        f"{named} was written by trainer=fsdp or trainer=tp (optimizer state nested by group), which trainer=pp does "
+        "not read. Resume it with trainer=fsdp or trainer=tp."
+    )
+
+
 def _uses_fsdp_strategy(cfg: DictConfig) -> bool:
     from hydra.utils import get_class
 
     from lmforge.parallel.fsdp import FSDP2Strategy
+    from lmforge.parallel.pipeline import PipelineStrategy
 
     strategy = cfg.trainer.get("strategy")
     if not isinstance(strategy, DictConfig) or "_target_" not in strategy:
         return False
-    try:
-        return issubclass(get_class(str(strategy._target_)), FSDP2Strategy)
+    try:  # trainer=fsdp, trainer=tp, trainer=pp: torch distributed checkpoints
+        return issubclass(get_class(str(strategy._target_)), FSDP2Strategy | PipelineStrategy)
     except Exception:  # a strategy that does not import is the Trainer's own error to report
         return False
 

@@ -45,6 +45,7 @@ from lmforge.loggers import finish_loggers
 from lmforge.objectives.base import LMObjective
 from lmforge.parallel.init import build_model, instantiate_objective
 from lmforge.parallel.launch import isolated_job
+from lmforge.parallel.pipeline import check_pipeline_parallel
 from lmforge.parallel.tensor import check_tensor_parallel
 from lmforge.parallel.world import planned_world_size
 from lmforge.parallel.wrap import ScaleOptions, describe_strategy
@@ -122,14 +123,18 @@ def build_objective(
 
 
 def build_trainer(
-    cfg: DictConfig, block_len: int, scale_options: ScaleOptions, extra_callbacks: list[Any] | None = None
+    cfg: DictConfig,
+    block_len: int,
+    scale_options: ScaleOptions,
+    extra_callbacks: list[Any] | None = None,
+    net: torch.nn.Module | None = None,
 ) -> tuple[L.Trainer, list[Any], dict[str, Any]]:
     """The Trainer, its callbacks, and the "scale" facts of summary.json. The token budget (global_batch_size,
     max_tokens) is planned first, for the world size the Trainer will have, and written into cfg.trainer: the
     Trainer is built with the final accumulation and max_steps (and config.yaml shows them)."""
     world_size = planned_world_size(cfg.trainer)
-    # the budget counts model replicas: ranks of one tensor-parallel group share each batch
-    replicas = check_tensor_parallel(cfg, world_size)
+    # the budget counts model replicas: ranks of one tensor-parallel group or one pipeline share each batch
+    replicas = check_pipeline_parallel(cfg, check_tensor_parallel(cfg, world_size))
     batch_facts = plan_budget(cfg, replicas, block_len)
     if replicas != world_size:
         batch_facts.update(world_size=world_size, data_parallel_size=replicas)
@@ -151,7 +156,7 @@ def build_trainer(
     )
     if trainer.world_size != world_size:  # the budget would be wrong: say so rather than train on it
         raise RuntimeError(f"the Trainer has {trainer.world_size} processes, the budget was planned for {world_size}")
-    return trainer, callbacks, {**describe_strategy(trainer, scale_options), **batch_facts}
+    return trainer, callbacks, {**describe_strategy(trainer, scale_options, net), **batch_facts}
 
 
 def header_summary(cfg: DictConfig, model: LMObjective, datamodule: RunData, scale: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +298,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model.bind_labels(data.labels, data.train_label_counts)
     # resume_changes=allow with new optimizer values: applied to the optimizer state the checkpoint restores
     apply = [ApplyOptimizerChanges(resolved(cfg.model.optimizer))] if any("optimizer" in c for c in changed) else []
-    trainer, callbacks, scale = build_trainer(cfg, datamodule.block_len, scale_options, extra_callbacks=apply)
+    trainer, callbacks, scale = build_trainer(
+        cfg, datamodule.block_len, scale_options, extra_callbacks=apply, net=model.net
+    )
     # torch's CPU threads: the cores no other work is using now (threads=auto), before fit starts any rank
     on_gpu = not isinstance(trainer.accelerator, CPUAccelerator)
     threads = choose_threads(cfg.get("threads", "auto"), on_gpu, processes_here=trainer.num_devices)

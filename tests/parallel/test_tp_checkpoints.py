@@ -101,7 +101,7 @@ def test_resumes_with_fsdp_on_two_processes(full, text_corpus):
         "data.batch_size=8",
         compare_steps=False,
     )
-    assert r["scale"]["mesh"] == {"dp": 2, "tp": 1, "sequence_parallel": False}
+    assert r["scale"]["mesh"] == {"dp": 2, "tp": 1, "pp": 1, "sequence_parallel": False, "loss_parallel": False}
 
 
 def test_resumes_with_fsdp_on_one_process_step_for_step(full, text_corpus):

@@ -54,7 +54,7 @@ def tp(text_corpus, contained_environment):
 def test_tp_two_processes_match_one_process(single, tp):
     _, s = tp
     assert s["status"] == "completed" and s["steps"] == 10
-    assert s["scale"]["mesh"] == {"dp": 1, "tp": 2, "sequence_parallel": False}
+    assert s["scale"]["mesh"] == {"dp": 1, "tp": 2, "pp": 1, "sequence_parallel": False, "loss_parallel": False}
     # one replica: the batch both ranks share is counted once
     assert s["scale"]["global_batch_size"] == 16 and s["tokens"] == single[1]["tokens"] == 10 * 16 * 32
     assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
@@ -74,7 +74,32 @@ def test_fsdp_by_tp_mesh_of_four_processes_matches_one_process(single, text_corp
     reads 8 of the 16 examples of a step, as DDP's two ranks do."""
     _, s = _run(_args(text_corpus, "trainer=tp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=8"))
     assert s["status"] == "completed" and s["steps"] == 10
-    assert s["scale"]["mesh"] == {"dp": 2, "tp": 2, "sequence_parallel": False}
+    assert s["scale"]["mesh"] == {"dp": 2, "tp": 2, "pp": 1, "sequence_parallel": False, "loss_parallel": False}
     assert s["scale"]["world_size"] == 4 and s["scale"]["data_parallel_size"] == 2
     assert s["tokens"] == single[1]["tokens"]
     assert abs(s["metrics"]["val/loss"] - single[1]["metrics"]["val/loss"]) < TOLERANCE
+
+
+LLAMA_UNTIED = [
+    "model=llama",
+    "model.net.n_layer=2",
+    "model.net.d_model=32",
+    "model.net.n_head=2",
+    "model.net.n_kv_head=2",
+    "model.net.d_ff=64",
+    "model.net.max_seq_len=32",
+    "model.net.tie_word_embeddings=false",
+]
+
+
+def test_loss_parallel_training_matches_one_process_and_the_gathered_loss(text_corpus):
+    """Untied Llama under trainer=tp: its LM head is vocabulary-parallel, so training computes the cross-entropy from
+    the shards (loss_parallel, the default) — the same val/loss as one process and as gathering the logits."""
+    args = [a for a in _args(text_corpus) if not a.startswith("model=")] + LLAMA_UNTIED
+    _, one = _run(args)
+    _, sharded = _run([*args, "trainer=tp", *TWO_CPU_PROCESSES])
+    _, gathered = _run([*args, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.strategy.loss_parallel=false"])
+    assert sharded["scale"]["mesh"]["loss_parallel"] is True and gathered["scale"]["mesh"]["loss_parallel"] is False
+    for s in (sharded, gathered):
+        assert abs(s["metrics"]["val/loss"] - one["metrics"]["val/loss"]) < TOLERANCE
+        assert abs(s["metrics"]["train/loss"] - one["metrics"]["train/loss"]) < TOLERANCE

@@ -26,7 +26,7 @@ from lightning.fabric.utilities.throughput import Throughput
 
 from lmforge.flops import training_flops
 from lmforge.log_steps import is_log_step, write_metrics
-from lmforge.parallel.tensor import tensor_parallel_size
+from lmforge.parallel.tensor import model_parallel_size
 from lmforge.perf import DevicePeak, memory_gb, resolve_peak
 
 
@@ -81,9 +81,10 @@ class ThroughputMFU(L.Callback):
             return
         self._reset()
         self.world_size = trainer.world_size
-        # A tensor-parallel group (tp ranks) processes one batch together: totals count each group's batch once
-        # (x data-parallel size), and each rank does 1/tp of that batch's FLOPs.
-        self.tp = tensor_parallel_size(trainer)
+        # A tensor-parallel group or a pipeline (tp x pp ranks) processes one batch together: totals count each
+        # group's batch once (x data-parallel size), and each rank is credited 1/(tp x pp) of that batch's FLOPs
+        # (a pipeline stage does its blocks' share; the sum over the stages is the batch's FLOPs).
+        self.tp = model_parallel_size(trainer)
         self.replicas = self.world_size // self.tp
         self.device = trainer.strategy.root_device
         self.peak = resolve_peak(self.device, str(trainer.precision), self.peak_override)

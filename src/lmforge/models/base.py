@@ -6,7 +6,7 @@ layers, `init_weights`, `forward` and `forward_flops` (checked against the `Net`
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ class FamilyNet(nn.Module):
         """The repeated blocks, in order: the units lmforge.parallel shards, checkpoints and compiles."""
         blocks = self.blocks
         assert isinstance(blocks, nn.ModuleList), f"{type(self).__name__}.blocks must be a ModuleList"
-        return list(blocks)
+        return [b for b in blocks if b is not None]  # a pipeline stage holds only its own (the others are None)
 
     def position_parameters(self) -> list[nn.Parameter]:
         """The tables `num_parameters(exclude_embeddings=True)` leaves out: positions (and token types). The
@@ -41,6 +41,17 @@ class FamilyNet(nn.Module):
         if exclude_embeddings:
             n -= sum(p.numel() for p in self.position_parameters())
         return n
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """How a family's net splits into pipeline stages (lmforge.parallel.pipeline): the net's modules only the first
+    stage holds (embeddings) and only the last (final norm, LM head), by attribute name; `blocks` is split between
+    the stages in order. The family's `pipeline_forward(x)` runs whatever part of the net a stage holds."""
+
+    first: tuple[str, ...]
+    last: tuple[str, ...]
+    blocks: str = "blocks"
 
 
 def check_heads_divide(d_model: int, n_head: int) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.flops import attention_flops, linear_flops
-from lmforge.models.base import FamilyNet, check_heads_divide, init_normal
+from lmforge.models.base import FamilyNet, PipelinePlan, check_heads_divide, init_normal
 from lmforge.models.masks import check_mask_without_cache
 from lmforge.models.tp_plan import HeadShardedQKV, TPPlan, decoder_tp_plan
 
@@ -34,6 +34,8 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_eps: float = 1e-5
+    # the LM head shares the token embedding's weight, as GPT-2; false: its own (pipeline parallelism needs it)
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         check_heads_divide(self.d_model, self.n_head)
@@ -134,7 +136,8 @@ class GPT(FamilyNet):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied embeddings, as GPT-2
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied embeddings, as GPT-2
         self.init_weights()
 
     @torch.no_grad()
@@ -181,6 +184,25 @@ class GPT(FamilyNet):
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
         b, t = batch["input_ids"].shape[:2]
         return gpt_forward_flops(self.config, b, t)
+
+    @staticmethod
+    def pipeline_plan() -> PipelinePlan:
+        """What a pipeline stage holds besides its blocks (lmforge.parallel.pipeline): the embeddings in the first
+        stage, the final norm and LM head in the last."""
+        return PipelinePlan(first=("wte", "wpe"), last=("ln_f", "lm_head"))
+
+    def pipeline_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pipeline stage's share of `forward` on a net that holds only some of its parts (the others are
+        None): token ids -> embeddings where it holds them, its blocks, the final norm and logits where it holds
+        the head. Causal attention only (no cache, positions, or masks)."""
+        if self.wte is not None:
+            x = self.drop(self.wte(x) + self.wpe(torch.arange(x.size(1), device=x.device)))
+        for block in self.blocks:
+            if block is not None:
+                x = block(x)[0]
+        if self.lm_head is not None:
+            x = self.lm_head(self.ln_f(x))
+        return x
 
     def forward(
         self,

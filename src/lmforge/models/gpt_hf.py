@@ -55,7 +55,7 @@ class GPTAdapter(HFAdapter):
             layer_norm_epsilon=c.layer_norm_eps,
             bos_token_id=None,
             eos_token_id=None,
-            tie_word_embeddings=True,
+            tie_word_embeddings=c.tie_word_embeddings,
         )
 
     def prepare_hf_model(self, net: GPT, hf_model) -> set[str]:

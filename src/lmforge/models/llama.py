@@ -33,7 +33,7 @@ from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.flops import attention_flops, linear_flops
-from lmforge.models.base import FamilyNet
+from lmforge.models.base import FamilyNet, PipelinePlan
 from lmforge.models.masks import check_mask_without_cache
 from lmforge.models.positions import (
     ADDED_TO_EMBEDDINGS,
@@ -295,6 +295,34 @@ class Llama(FamilyNet):
     def forward_flops(self, batch: Mapping[str, torch.Tensor]) -> int | None:
         b, t = batch["input_ids"].shape[:2]
         return llama_forward_flops(self.config, b, t)
+
+    @staticmethod
+    def pipeline_plan() -> PipelinePlan:
+        """What a pipeline stage holds besides its blocks (lmforge.parallel.pipeline): the embeddings (and a learned
+        position table) in the first stage, the final norm and LM head in the last."""
+        return PipelinePlan(first=("wte", "wpe"), last=("norm_f", "lm_head"))
+
+    def pipeline_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pipeline stage's share of `forward` on a net that holds only some of its parts (the others are
+        None): token ids -> embeddings where it holds them, its blocks (each stage recomputes the rotary tables
+        and the mask from the positions 0..t-1), the final norm and logits where it holds the head. Causal
+        attention only (no cache, positions, or masks)."""
+        cfg = self.config
+        pos = torch.arange(x.size(1), device=x.device)
+        if self.wte is not None:
+            x = self.wte(x)
+            if cfg.position in ADDED_TO_EMBEDDINGS:
+                pe = self.wpe(pos) if self.wpe is not None else sinusoidal_table(pos, cfg.d_model)
+                x = x + pe.to(x.dtype)
+            x = self.drop(x)
+        rope = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        mask = self._attention_mask(pos, pos)
+        for block in self.blocks:
+            if block is not None:
+                x = block(x, rope, mask)[0]
+        if self.lm_head is not None:
+            x = self.lm_head(self.norm_f(x))
+        return x
 
     def _attention_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """None where SDPA's is_causal is the mask (no cache: queries and keys are the same positions; or a single

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 
 from lmforge.errors import LmforgeError
 from lmforge.log_steps import is_log_step
+from lmforge.parallel.pipeline import pipeline_strategy, share_step_progress
 from lmforge.parallel.tensor import data_parallel_size, grad_norm
 from lmforge.parallel.wrap import ScaleOptions
 from lmforge.protocols import Net
@@ -91,7 +92,12 @@ class LMObjective(L.LightningModule):
         return self.loss(batch)[0], {}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, parts = self.training_loss(batch)
+        pipeline = pipeline_strategy(self._trainer)
+        parts: dict[str, torch.Tensor] = {}
+        if pipeline is not None:  # trainer=pp: the schedule runs forward and backward (lmforge/parallel/pipeline.py)
+            loss = pipeline.forward_backward(self, batch, self.trainer.accumulate_grad_batches)
+        else:
+            loss, parts = self.training_loss(batch)
         self._stop_if_loss_diverged(loss)
         # shapes only, no device sync; a tensor-parallel group shares one batch, counted once
         self.tokens_seen += self.batch_tokens(batch) * data_parallel_size(self.trainer)
@@ -104,12 +110,16 @@ class LMObjective(L.LightningModule):
             for name, value in parts.items():
                 self.log(name, value)
             self.log("lr", self._current_lr())
+        if pipeline is not None:  # manual optimisation: clip over all stages, step the optimizer and the schedule
+            pipeline.after_batch(self)
         return loss
 
     # -- evaluation: validation and test share one implementation; an objective extends eval_step and
     # on_eval_epoch_end (not validation_step), and its metrics are logged as val/* or test/* by stage --
     def eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        loss, n = self.loss(batch)
+        pipeline = pipeline_strategy(self._trainer)
+        # trainer=pp: the stages' forwards in turn, the last stage's loss on every rank
+        loss, n = pipeline.eval_loss(self, batch) if pipeline is not None else self.loss(batch)
         self.val_loss.update(loss, n)  # one accumulator: validation and test never run at once
 
     def on_eval_epoch_end(self, stage: str) -> None:
@@ -161,6 +171,11 @@ class LMObjective(L.LightningModule):
         # in the steps whose metrics Lightning writes (trainer.log_every_n_steps), for dashboards.
         if not self._at_log_step():
             return
+        pipeline = pipeline_strategy(self._trainer)
+        if pipeline is not None:  # the norm over all stages, computed for clipping before this hook
+            if pipeline.last_grad_norm is not None:
+                self.log("grad_norm", pipeline.last_grad_norm)
+            return
         grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("grad_norm", grad_norm(grads))  # FSDP/TP: DTensors, on one or two meshes
@@ -207,9 +222,13 @@ class LMObjective(L.LightningModule):
             "config": self.run_config,
             "init_from": self.init_from,
         }
+        if pipeline_strategy(self._trainer) is not None:  # manual optimisation: its step count for every loop
+            share_step_progress(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("lmforge", {}).get("tokens_seen", 0)
+        if pipeline_strategy(self._trainer) is not None:  # a checkpoint of automatic optimisation: its step count
+            share_step_progress(checkpoint)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -49,8 +49,38 @@ def resumable(ckpt: dict[str, Any]) -> dict[str, Any]:
     found = {int(m.group(1)): k for k in ckpt if (m := _OPTIMIZER_KEY.fullmatch(k))}
     out = {k: v for k, v in ckpt.items() if k not in found.values()}
     if found:
-        out["optimizer_states"] = [positional_optimizer_state(ckpt[found[i]]) for i in sorted(found)]
+        states = [ckpt[found[i]] for i in sorted(found)]
+        states = [unflattened_optimizer_state(s, ckpt) if "param_groups" not in s else s for s in states]
+        out["optimizer_states"] = [positional_optimizer_state(s) for s in states]
     return out
+
+
+def unflattened_optimizer_state(state: dict[str, Any], ckpt: dict[str, Any]) -> dict[str, Any]:
+    """get_optimizer_state_dict's nested layout from its flattened one ("state.<name>.exp_avg",
+    "param_groups.<name>.lr": trainer=pp writes it, as the stages' groups differ). The groups are the ones
+    LMObjective.configure_optimizers builds on one process: the net's matrices (dim >= 2) in its parameter order,
+    then the rest, each group with its parameters' hyperparameters."""
+    from hydra.utils import get_class
+
+    per_param: dict[str, dict[str, Any]] = {}
+    hyper: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        kind, _, rest = key.partition(".")
+        name, _, field = rest.rpartition(".")
+        if kind not in ("state", "param_groups") or not name:
+            raise ConfigError(f"the checkpoint's optimizer state has an entry {key!r} that is not flattened by name.")
+        (per_param if kind == "state" else hyper).setdefault(name, {})[field] = value
+    meta = ckpt["lmforge"]
+    with torch.device("meta"):
+        net = get_class(meta["net_class"])(**meta["net_config"])
+    order = [(f"net.{n}", p.dim()) for n, p in net.named_parameters()]
+    missing = [n for n, _ in order if n not in hyper]
+    if missing:
+        raise ConfigError(f"the checkpoint's optimizer state has no parameter group for {missing}.")
+    groups = []
+    for members in ([n for n, d in order if d >= 2], [n for n, d in order if d < 2]):
+        groups.append({**hyper[members[0]], "params": members} if members else {"params": []})
+    return {"state": per_param, "param_groups": groups}
 
 
 def positional_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -184,6 +184,13 @@ def full_weights(module: nn.Module) -> Iterator[None]:
     nothing."""
     from torch.distributed.fsdp import FSDPModule
 
+    from lmforge.parallel.pipeline import full_weights as pipeline_full_weights
+    from lmforge.parallel.pipeline import split_of
+
+    if split_of(module) is not None:  # a pipeline stage: the other stages' parts broadcast into copies
+        with pipeline_full_weights(module):
+            yield
+        return
     # Units an enclosing full_weights() already gathered stay as they are (it reshards them when it ends).
     units = [m for m in module.modules() if isinstance(m, FSDPModule) and m not in _GATHERED]
     for m in units:

@@ -113,9 +113,16 @@ def tensor_parallel_size(trainer: Any) -> int:
     return int(getattr(trainer.strategy, "tensor_parallel_size", 1) or 1)
 
 
+def model_parallel_size(trainer: Any) -> int:
+    """Ranks that compute one model replica together on one batch: tensor-parallel x pipeline-parallel size."""
+    from lmforge.parallel.pipeline import pipeline_parallel_size
+
+    return tensor_parallel_size(trainer) * pipeline_parallel_size(trainer)
+
+
 def data_parallel_size(trainer: Any) -> int:
-    """The number of model replicas that see different batches: world size / tensor-parallel size."""
-    return int(trainer.world_size) // tensor_parallel_size(trainer)
+    """The number of model replicas that see different batches: world size / (tensor- x pipeline-parallel size)."""
+    return int(trainer.world_size) // model_parallel_size(trainer)
 
 
 def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -91,6 +91,11 @@ def compile_net(net: nn.Module, blocks: list[nn.Module], mode: str | None) -> No
 
 
 def is_sharded(module: nn.Module) -> bool:
+    """FSDP-sharded, or a pipeline stage (lmforge.parallel.pipeline): every rank must join to gather the weights."""
+    from lmforge.parallel.pipeline import split_of
+
+    if any(split_of(m) is not None for m in module.modules()):
+        return True
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:
@@ -103,6 +108,7 @@ def configure_model(objective) -> None:
     again for validate in the same process: the second call does nothing."""
     from lmforge.parallel.fsdp import FSDP2Strategy
     from lmforge.parallel.init import materialize
+    from lmforge.parallel.pipeline import PipelineStrategy
 
     if objective.configured_for_scale:
         return
@@ -110,6 +116,8 @@ def configure_model(objective) -> None:
     net, strategy = objective.net, objective.trainer.strategy
     sharded = isinstance(strategy, FSDP2Strategy)
     blocks = transformer_blocks(net) if (sharded or options.activation_checkpointing or options.compile) else []
+    if isinstance(strategy, PipelineStrategy):
+        blocks = strategy.split_objective(objective)  # this rank's pipeline stage: its blocks (+ embeddings / head)
     if sharded:
         strategy.parallelize(net, blocks)  # tensor parallelism first (trainer.strategy.tensor_parallel_size)
     if options.activation_checkpointing:
@@ -121,12 +129,19 @@ def configure_model(objective) -> None:
     objective.configured_for_scale = True
 
 
-def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
+def vocab_parallel_head(net: nn.Module) -> bool:
+    """Whether the net's tensor-parallel plan splits the LM head by vocabulary (models/tp_plan.py)."""
+    plan = getattr(net, "tp_plan", None)
+    return callable(plan) and bool(getattr(plan(False).root.get("lm_head"), "loss_parallel", False))
+
+
+def describe_strategy(trainer, options: ScaleOptions | None, net: nn.Module | None = None) -> dict:
     """The "scale" facts of summary.json beside the batch ones (lmforge.budget)."""
     from lmforge.parallel.fsdp import FSDP2Strategy
+    from lmforge.parallel.pipeline import PipelineStrategy
 
     strategy = trainer.strategy
-    # "fsdp" (trainer=fsdp), else Lightning's class name in snake case: "ddp", "single_device", ...
+    # "fsdp" (trainer=fsdp), "pipeline" (trainer=pp), else Lightning's class name in snake case: "ddp", ...
     name = (
         "fsdp"
         if isinstance(strategy, FSDP2Strategy)
@@ -149,5 +164,23 @@ def describe_strategy(trainer, options: ScaleOptions | None) -> dict:
         }
         # the device mesh: data-parallel replicas x tensor-parallel ranks per replica
         tp = strategy.tensor_parallel_size
-        facts["mesh"] = {"dp": int(trainer.world_size) // tp, "tp": tp, "sequence_parallel": strategy.sequence_parallel}
+        facts["mesh"] = {
+            "dp": int(trainer.world_size) // tp,
+            "tp": tp,
+            "pp": 1,
+            "sequence_parallel": strategy.sequence_parallel,
+            # the training loss from the LM head's vocabulary shards (untied embeddings only; parallel/tensor.py)
+            "loss_parallel": tp > 1 and strategy.loss_parallel and net is not None and vocab_parallel_head(net),
+        }
+    if isinstance(strategy, PipelineStrategy):
+        # the device mesh: data-parallel replicas x pipeline stages per replica (no tensor parallelism with it)
+        pp = strategy.pipeline_parallel_size
+        facts["mesh"] = {"dp": int(trainer.world_size) // pp, "tp": 1, "pp": pp}
+        pipeline = strategy.describe()
+        if net is not None:  # which blocks each stage holds (embeddings in the first, head in the last)
+            from lmforge.parallel.pipeline import stage_layers
+
+            layers = stage_layers(net, pp, strategy.options.layers_per_stage)
+            pipeline["stages"] = [{"blocks": idx} for idx in layers]
+        facts["pipeline"] = pipeline
     return facts
