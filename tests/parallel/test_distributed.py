@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, run_dir_from_output, run_train
+from parity import TOLERANCE, TWO_CPU_PROCESSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-
-TOLERANCE = 1e-4
-TWO_CPU_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def _args(corpus: Path, *extra: str) -> list[str]:

@@ -11,12 +11,12 @@ above 1e-5. Every subprocess run has a timeout, so a hang in gloo's point-to-poi
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from parity import free_port
 
 from lmforge.models.gpt import GPT
 from lmforge.models.llama import Llama
@@ -123,14 +123,8 @@ def _worker(rank: int, port: int, name: str, schedule: str, microbatches: int, o
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(name: str, schedule: str, microbatches: int) -> dict:
-    ctx, port = mp.get_context("spawn"), _free_port()
+    ctx, port = mp.get_context("spawn"), free_port()
     with mp.Manager() as manager:
         out = manager.dict()
         procs = [ctx.Process(target=_worker, args=(r, port, name, schedule, microbatches, out)) for r in range(WORLD)]

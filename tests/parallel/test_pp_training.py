@@ -12,7 +12,6 @@ change the updates; a stage's gradients dropped leaves its weights at their init
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -20,34 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_dir_from_output, run_train
+from conftest import REPO, run_train
+from parity import TOLERANCE, TWO_CPU_PROCESSES, parity_args, run_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-TOLERANCE = 1e-4
-TWO_CPU_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2"]
+PP_ARGS = ["model.net.tie_word_embeddings=false"]  # pipeline stages cannot share the embedding with the head
 
 
 def _args(corpus: Path, *extra: str) -> list[str]:
-    return [
-        *TINY,
-        "data=text",
-        f"data.path={corpus}",
-        "trainer.max_steps=10",
-        "trainer.precision=32-true",
-        "global_batch_size=16",
-        "data.batch_size=16",
-        "logger=csv",
-        "model.net.tie_word_embeddings=false",
-        *extra,
-    ]
+    return parity_args(corpus, *PP_ARGS, *extra)
 
 
 def _run(args: list[str]) -> tuple[Path, dict]:
-    proc = run_train(args, timeout=600)  # a hang in gloo's point-to-point ops fails here instead of blocking
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    run_dir = run_dir_from_output(proc.stdout)
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
+    return run_summary(args, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ the embedding's and norms' gradients with one rank's share: both far above 1e-5.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from parity import free_port
 from torch.distributed.tensor import DTensor
 
 from lmforge.models.gpt import GPT
@@ -102,12 +102,6 @@ def _worker(rank: int, port: int, name: str, sequence_parallel: bool, out: dict,
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp+sp"])
 @pytest.mark.parametrize("name", list(NETS))
 def test_tensor_parallel_matches_one_process(name: str, sequence_parallel: bool):
@@ -115,7 +109,7 @@ def test_tensor_parallel_matches_one_process(name: str, sequence_parallel: bool)
     ref_loss, ref_grads = _reference(name, ids)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), name, sequence_parallel, out), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), name, sequence_parallel, out), nprocs=WORLD, join=True)
         got = dict(out)
     assert abs(got["loss"] - ref_loss) < TOLERANCE
     assert set(got["grads"]) == set(ref_grads)
@@ -134,7 +128,7 @@ def test_loss_parallel_matches_one_process_without_gathering_the_logits(sequence
     ref_loss, ref_grads = _reference(name, ids)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), name, sequence_parallel, out, True), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), name, sequence_parallel, out, True), nprocs=WORLD, join=True)
         got = dict(out)
     assert got["logits_sharded"] and got["loss_is_plain"]
     assert abs(got["loss"] - ref_loss) < TOLERANCE

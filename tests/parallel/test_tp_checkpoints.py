@@ -12,7 +12,6 @@ of 8) logs rank 0's half-batch loss, so there only the end's val/loss is compare
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -20,35 +19,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_dir_from_output, run_train
+from conftest import REPO, run_train
+from parity import TOLERANCE, TWO_CPU_PROCESSES, parity_args, run_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-TOLERANCE = 1e-4
 STEP_TOLERANCE = 1e-5
-TP = ["trainer=tp", "trainer.accelerator=cpu", "trainer.devices=2"]
+TP = ["trainer=tp", *TWO_CPU_PROCESSES]
 
 
 def _args(corpus: Path, *extra: str) -> list[str]:
-    return [
-        *TINY,
-        "data=text",
-        f"data.path={corpus}",
-        "trainer.max_steps=10",
-        "trainer.precision=32-true",
-        "global_batch_size=16",
-        "data.batch_size=16",
-        "logger=csv",
-        "callbacks.model_checkpoint.every_n_steps=5",  # step-5.ckpt, the checkpoint the resumes start from
-        *extra,
-    ]
+    # step-5.ckpt, the checkpoint the resumes start from
+    return parity_args(corpus, "callbacks.model_checkpoint.every_n_steps=5", *extra)
 
 
 def _run(args: list[str]) -> tuple[Path, dict]:
-    proc = run_train(args, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    run_dir = run_dir_from_output(proc.stdout)
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
+    return run_summary(args)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:

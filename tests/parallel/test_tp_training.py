@@ -8,47 +8,20 @@ batch moves val/loss by about 0.07, a dropped all-reduce of the row-parallel out
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from conftest import TINY, run_dir_from_output, run_train
+from parity import TOLERANCE, TWO_CPU_PROCESSES, parity_args, run_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-
-TOLERANCE = 1e-4
-TWO_CPU_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2"]
-
-
-def _args(corpus: Path, *extra: str) -> list[str]:
-    return [
-        *TINY,
-        "data=text",
-        f"data.path={corpus}",
-        "trainer.max_steps=10",
-        "trainer.precision=32-true",
-        "global_batch_size=16",
-        "data.batch_size=16",
-        "logger=csv",
-        *extra,
-    ]
-
-
-def _run(args: list[str]) -> tuple[Path, dict]:
-    proc = run_train(args, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    run_dir = run_dir_from_output(proc.stdout)
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def single(text_corpus, contained_environment):
-    return _run(_args(text_corpus))
+    return run_summary(parity_args(text_corpus))
 
 
 @pytest.fixture(scope="module")
 def tp(text_corpus, contained_environment):
-    return _run(_args(text_corpus, "trainer=tp", *TWO_CPU_PROCESSES))
+    return run_summary(parity_args(text_corpus, "trainer=tp", *TWO_CPU_PROCESSES))
 
 
 def test_tp_two_processes_match_one_process(single, tp):
@@ -64,7 +37,9 @@ def test_tp_checkpoint_resumes(tp, text_corpus):
     run_dir, _ = tp
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2, "one shard file per rank"
-    _, s = _run(_args(text_corpus, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.max_steps=14", f"ckpt_path={last}"))
+    _, s = run_summary(
+        parity_args(text_corpus, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.max_steps=14", f"ckpt_path={last}")
+    )
     assert s["status"] == "completed" and s["steps"] == 14
     assert s["tokens"] == 14 * 16 * 32  # the token count continues from the checkpoint
 
@@ -72,7 +47,9 @@ def test_tp_checkpoint_resumes(tp, text_corpus):
 def test_fsdp_by_tp_mesh_of_four_processes_matches_one_process(single, text_corpus):
     """The 2-D mesh: 2 data-parallel replicas (FSDP2 between them) x 2 tensor-parallel ranks each; each replica
     reads 8 of the 16 examples of a step, as DDP's two ranks do."""
-    _, s = _run(_args(text_corpus, "trainer=tp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=8"))
+    _, s = run_summary(
+        parity_args(text_corpus, "trainer=tp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=8")
+    )
     assert s["status"] == "completed" and s["steps"] == 10
     assert s["scale"]["mesh"] == {"dp": 2, "tp": 2, "pp": 1, "sequence_parallel": False, "loss_parallel": False}
     assert s["scale"]["world_size"] == 4 and s["scale"]["data_parallel_size"] == 2
@@ -95,10 +72,10 @@ LLAMA_UNTIED = [
 def test_loss_parallel_training_matches_one_process_and_the_gathered_loss(text_corpus):
     """Untied Llama under trainer=tp: its LM head is vocabulary-parallel, so training computes the cross-entropy from
     the shards (loss_parallel, the default) — the same val/loss as one process and as gathering the logits."""
-    args = [a for a in _args(text_corpus) if not a.startswith("model=")] + LLAMA_UNTIED
-    _, one = _run(args)
-    _, sharded = _run([*args, "trainer=tp", *TWO_CPU_PROCESSES])
-    _, gathered = _run([*args, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.strategy.loss_parallel=false"])
+    args = [a for a in parity_args(text_corpus) if not a.startswith("model=")] + LLAMA_UNTIED
+    _, one = run_summary(args)
+    _, sharded = run_summary([*args, "trainer=tp", *TWO_CPU_PROCESSES])
+    _, gathered = run_summary([*args, "trainer=tp", *TWO_CPU_PROCESSES, "trainer.strategy.loss_parallel=false"])
     assert sharded["scale"]["mesh"]["loss_parallel"] is True and gathered["scale"]["mesh"]["loss_parallel"] is False
     for s in (sharded, gathered):
         assert abs(s["metrics"]["val/loss"] - one["metrics"]["val/loss"]) < TOLERANCE
