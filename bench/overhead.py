@@ -143,6 +143,7 @@ def lmforge_run(overrides: list[str], steps: int, folder: Path) -> dict[str, flo
     return {
         **figures(timed),
         "perf_step_time_s": summary["perf"]["step_time_s"],  # lmforge's own figure, for comparison
+        "threads": summary["scale"].get("threads"),  # what threads=auto chose (the plain loop: torch's default)
         "final_loss": summary["metrics"].get("train/loss", 0.0),
     }
 
@@ -176,7 +177,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             overrides, steps = [*COMMON, *SIZES[size]], args.steps or STEPS[size]
-            rounds = []
+            rounds: list[dict] = []
+            results[size] = {"overrides": overrides, "steps": steps, "rounds": rounds}
             for r in range(args.rounds):
                 order = ["plain", "lmforge"] if r % 2 == 0 else ["lmforge", "plain"]
                 measured = {}
@@ -193,24 +195,17 @@ def main() -> None:
                     f"CPU plain {ms['plain_cpu']:.2f}, lmforge {ms['lmforge_cpu']:.2f}",
                     flush=True,
                 )
-            results[size] = {"overrides": overrides, "steps": steps, "rounds": rounds}
-            for clock, key in CLOCKS:
-                plain = statistics.median(r["plain"][key] for r in rounds)
-                ours = statistics.median(r["lmforge"][key] for r in rounds)
-                results[size][clock] = {
-                    "plain_s": plain,
-                    "lmforge_s": ours,
-                    "ratio_of_medians": ours / plain,
-                    "overhead_ms_per_step": (ours - plain) * 1e3,
-                }
-    report = {
-        "what": "steady-state seconds per optimizer step: python train.py vs a plain PyTorch loop, same net, "
-        "data, optimizer, schedule, clipping and precision (bench/overhead.py)",
-        "machine": {"cpu_count": os.cpu_count(), "threads": _threads(), "load_average_at_end": os.getloadavg()},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+                for clock, key in CLOCKS:  # the medians so far: a run stopped early keeps what it measured
+                    plain = statistics.median(m["plain"][key] for m in rounds)
+                    ours = statistics.median(m["lmforge"][key] for m in rounds)
+                    results[size][clock] = {
+                        "plain_s": plain,
+                        "lmforge_s": ours,
+                        "ratio_of_medians": ours / plain,
+                        "overhead_ms_per_step": (ours - plain) * 1e3,
+                    }
+                write_report(args.out, results, done=False)
+    write_report(args.out, results, done=True)
     print(f"\n{'size':8} {'clock':5} {'plain ms':>9} {'lmforge ms':>11} {'ratio':>7}")
     for size, r in results.items():
         for clock in ("wall", "cpu"):
@@ -218,6 +213,18 @@ def main() -> None:
             plain, ours, ratio = c["plain_s"] * 1e3, c["lmforge_s"] * 1e3, c["ratio_of_medians"]
             print(f"{size:8} {clock:5} {plain:9.2f} {ours:11.2f} {ratio:7.3f}")
     print(f"wrote {args.out}")
+
+
+def write_report(out: Path, results: dict, done: bool) -> None:
+    report = {
+        "what": "steady-state seconds per optimizer step: python train.py vs a plain PyTorch loop, same net, "
+        "data, optimizer, schedule, clipping and precision (bench/overhead.py)",
+        "complete": done,  # false: written after a round, the run went on (or was stopped) after it
+        "machine": {"cpu_count": os.cpu_count(), "threads": _threads(), "load_average_at_end": os.getloadavg()},
+        "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _threads() -> int:
