@@ -85,6 +85,11 @@ def apply_tensor_parallel(net: nn.Module, blocks: list[nn.Module], mesh: Any, se
         parallelize_module(block, mesh, plan.block)
     if plan.root:
         parallelize_module(net, mesh, plan.root)
+    return splits_vocabulary(plan)
+
+
+def splits_vocabulary(plan: Any) -> bool:
+    """Whether a TPPlan gives the LM head the vocabulary-parallel style (models/tp_plan.py: vocab_parallel_head)."""
     return bool(getattr(plan.root.get("lm_head"), "loss_parallel", False))
 
 

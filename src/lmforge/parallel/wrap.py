@@ -131,8 +131,10 @@ def configure_model(objective) -> None:
 
 def vocab_parallel_head(net: nn.Module) -> bool:
     """Whether the net's tensor-parallel plan splits the LM head by vocabulary (models/tp_plan.py)."""
+    from lmforge.parallel.tensor import splits_vocabulary
+
     plan = getattr(net, "tp_plan", None)
-    return callable(plan) and bool(getattr(plan(False).root.get("lm_head"), "loss_parallel", False))
+    return callable(plan) and splits_vocabulary(plan(False))
 
 
 def describe_strategy(trainer, options: ScaleOptions | None, net: nn.Module | None = None) -> dict:
