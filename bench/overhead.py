@@ -2,6 +2,7 @@
 
     python bench/overhead.py                                   # writes bench/results/overhead.json
     python bench/overhead.py --rounds 1 --steps 30 --sizes tiny --out /tmp/overhead.json    # smoke run
+    python bench/overhead.py --sizes micro --variants no_progress no_wandb bare     # where the difference goes
 
 Both train the same net (lmforge's GPT, built from the same config) on the same token stream (lmforge's data
 module: the corpus tokenized and packed the same way), with the same optimizer (AdamW, decay on matrices only),
@@ -60,6 +61,24 @@ SIZES = {
     "default": [],
 }
 STEPS = {"micro": 600, "tiny": 600, "default": 150}
+# `--variants`: lmforge runs with one piece of observability switched off each, beside the default run and the plain
+# loop, to find where the difference goes (each variant is one more lmforge run per round).
+VARIANTS = {
+    "no_wandb": ["logger=csv"],
+    "bar_4hz": ["+callbacks.progress.refresh_rate=4"],
+    "no_progress": ["~callbacks.progress", "+trainer.enable_progress_bar=false"],
+    "no_emissions": ["~callbacks.emissions"],
+    "no_samples": ["~callbacks.samples"],
+    "no_throughput": ["~callbacks.throughput"],
+    "bare": [
+        "logger=none",
+        "~callbacks.progress",
+        "+trainer.enable_progress_bar=false",
+        "~callbacks.emissions",
+        "~callbacks.samples",
+        "~callbacks.throughput",
+    ],
+}
 COMMON = ["model=gpt", "data=shakespeare", "trainer.precision=32-true"]
 
 
@@ -121,10 +140,11 @@ def plain_loop(overrides: list[str], steps: int) -> dict[str, float]:
     return {**figures(per_step(marks)), "final_loss": float(loss)}
 
 
-def lmforge_run(overrides: list[str], steps: int, folder: Path) -> dict[str, float]:
-    """`python train.py` as a user types it, plus the bench's step clock (bench/step_timer.py)."""
+def lmforge_run(overrides: list[str], steps: int, folder: Path, variant: list[str] = ()) -> dict[str, float]:
+    """`python train.py` as a user types it (or with a `variant`'s overrides), plus the bench's step clock."""
     args = [
         *overrides,
+        *variant,
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={steps}",  # one validation, at the end: not in the figure
         f"hydra.run.dir={folder}",
@@ -142,7 +162,7 @@ def lmforge_run(overrides: list[str], steps: int, folder: Path) -> dict[str, flo
     timed = json.loads((folder / "step_timer.json").read_text())
     return {
         **figures(timed),
-        "perf_step_time_s": summary["perf"]["step_time_s"],  # lmforge's own figure, for comparison
+        "perf_step_time_s": summary.get("perf", {}).get("step_time_s"),  # lmforge's own figure, for comparison
         "threads": summary["scale"].get("threads"),  # what threads=auto chose (the plain loop: torch's default)
         "final_loss": summary["metrics"].get("train/loss", 0.0),
     }
@@ -162,6 +182,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 600 tiny, 150 default)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS), help="lmforge ablations to add")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "overhead.json")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)  # one plain-loop run (internal)
@@ -180,19 +201,22 @@ def main() -> None:
             rounds: list[dict] = []
             results[size] = {"overrides": overrides, "steps": steps, "rounds": rounds}
             for r in range(args.rounds):
-                order = ["plain", "lmforge"] if r % 2 == 0 else ["lmforge", "plain"]
+                order = ["plain", "lmforge", *args.variants]
+                order = order if r % 2 == 0 else order[::-1]
                 measured = {}
                 for which in order:
                     if which == "plain":
                         measured[which] = run_plain_in_subprocess(overrides, steps)
                     else:
-                        measured[which] = lmforge_run(overrides, steps, Path(tmp) / f"{size}-{r}")
+                        folder = Path(tmp) / f"{size}-{which}-{r}"
+                        measured[which] = lmforge_run(overrides, steps, folder, VARIANTS.get(which, []))
                 rounds.append(measured)
                 ms = {f"{w}_{c}": measured[w][k] * 1e3 for w in measured for c, k in CLOCKS}
                 print(
                     f"{size} round {r + 1}: wall plain {ms['plain_wall']:.2f} ms/step, "
                     f"lmforge {ms['lmforge_wall']:.2f}; "
-                    f"CPU plain {ms['plain_cpu']:.2f}, lmforge {ms['lmforge_cpu']:.2f}",
+                    f"CPU plain {ms['plain_cpu']:.2f}, lmforge {ms['lmforge_cpu']:.2f}"
+                    + "".join(f"; {v} wall {ms[v + '_wall']:.2f} CPU {ms[v + '_cpu']:.2f}" for v in args.variants),
                     flush=True,
                 )
                 for clock, key in CLOCKS:  # the medians so far: a run stopped early keeps what it measured
@@ -204,6 +228,10 @@ def main() -> None:
                         "ratio_of_medians": ours / plain,
                         "overhead_ms_per_step": (ours - plain) * 1e3,
                     }
+                    for v in args.variants:
+                        theirs = statistics.median(m[v][key] for m in rounds)
+                        results[size][clock][f"{v}_s"] = theirs
+                        results[size][clock][f"{v}_ratio_of_medians"] = theirs / plain
                 write_report(args.out, results, done=False)
     write_report(args.out, results, done=True)
     print(f"\n{'size':8} {'clock':5} {'plain ms':>9} {'lmforge ms':>11} {'ratio':>7}")

@@ -25,17 +25,12 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# On a bf16 CPU, bf16-mixed trains faster than 32-true only from about this model width on: below it the casts
-# autocast adds around every matmul cost more than the faster bf16 matmuls save. Measured by bench/precision.py
-# over widths (bench/results/precision.json, `sizes`): see README "Configuration".
-BF16_CPU_MIN_D_MODEL = 192
-
-
 @cache
 def default_precision(d_model: int | None = None) -> str:
-    """bf16-mixed where the hardware does bf16 natively (CUDA Ampere+, or a bf16 CPU for a model at least
-    BF16_CPU_MIN_D_MODEL wide); 16-mixed on older GPUs; 32-true on CPUs without bf16 instructions (there bf16 is
-    emulated and slower than fp32) and for narrower models on CPU. `d_model` is the net's width
+    """bf16-mixed where the hardware does bf16 natively and it is the faster: CUDA Ampere+, or a bf16 CPU where
+    bf16-mixed measured faster at this model's width (lmforge/cpu_precision.py: once per machine and width, then
+    remembered); 16-mixed on older GPUs; 32-true on CPUs without bf16 instructions (there bf16 is emulated, 70x
+    slower per matmul on one AVX2 EPYC) and where the measurement found no gain. `d_model` is the net's width
     (conf/trainer/default.yaml passes model.net.d_model; None when the family names it otherwise)."""
     import torch
 
@@ -43,8 +38,11 @@ def default_precision(d_model: int | None = None) -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if not cpu_has_bf16():
         return "32-true"
-    narrow = isinstance(d_model, int) and d_model < BF16_CPU_MIN_D_MODEL
-    return "32-true" if narrow else "bf16-mixed"
+    if not isinstance(d_model, int):
+        return "bf16-mixed"
+    from lmforge.cpu_precision import bf16_mixed_is_faster
+
+    return "bf16-mixed" if bf16_mixed_is_faster(d_model) else "32-true"
 
 
 def objective_name(target: str) -> str:

@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -222,13 +225,28 @@ class Outcome:
     exit_code: int = 0  # non-zero when a signal stopped the run: the process exits with it once all is written
 
 
+@contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Exempt what start-up built (half a million objects: Hydra, W&B, torch, Lightning's imports) from Python's
+    cyclic garbage collector while training runs. Each full collection would otherwise walk them all again, ~0.15 s
+    here, a pause in whichever step it lands in. What training allocates is collected as before; afterwards they
+    are collectable again (a multirun's next run frees this run's objects)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def fit(cfg: DictConfig, trainer: L.Trainer, callbacks: list[Any], model: LMObjective, data: RunData) -> Outcome:
     """Train, then validate at the last step unless the run was interrupted or a callback ended it on purpose.
     Never raises: an exception (Ctrl-C included) is returned in the outcome."""
     datamodule = cast(L.LightningDataModule, data)  # RunData is what lmforge adds to a LightningDataModule
     outcome = Outcome()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with startup_objects_frozen():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         outcome.metrics = _final_metrics(trainer)  # validate() below resets the trainer's metrics
         stopped_as = _stopped_as(callbacks)  # a callback that ended the run on purpose names it, e.g. "pruned"
         if not trainer.interrupted and not stopped_as:  # a final validation at the last step
