@@ -8,7 +8,8 @@ A plain loop (the default `model=gpt` net, AdamW, seq 128, batch 16) without Lig
 Precisions are interleaved round by round so that changing machine load hits each alike; the report gives the
 median tokens/s of each and the ratios to 32-true measured in this one run. The same is measured over widths
 (`sizes`: 4-layer GPTs of d_model 32 to 512): below some width bf16's casts cost more than its faster matmuls
-save, and the CPU default (lmforge/resolvers.py, BF16_CPU_MIN_D_MODEL) follows the crossover measured here.
+save. Where that crossover lies differs between CPUs, which is why the CPU default measures it on the machine
+itself (lmforge/cpu_precision.py) rather than following a width fixed here.
 """
 
 from __future__ import annotations
