@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,42 @@ def previous_run(ckpt_path: str | None) -> dict[str, Any] | None:
 
 
 class RunLogger(WandbLogger):
-    """Lightning's WandbLogger, plus metric summaries, a run id file, and a clean finish."""
+    """Lightning's WandbLogger, plus metric summaries, a run id file, one history row per step, and a clean
+    finish."""
 
     def __init__(self, *, previous: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._wandb_init.pop("anonymous", None)  # deprecated in wandb, which warns when it is passed at all
         self._previous = previous
         self._prepared = False
+        self._row: dict[str, Any] = {}  # the figures of step `_row_step` not yet written
+        self._row_step: int | None = None
+
+    # -- one history row per step: the callbacks' figures (throughput, energy: lmforge/log_steps.write_metrics)
+    # arrive before Lightning's own metrics of the same step, each a call to `wandb.log`, which costs about a
+    # millisecond of Python and adds a row. They are gathered here and written as one row when Lightning saves
+    # the logger, which it does right after writing its own metrics (its logger connector) --
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self._row and step != self._row_step:
+            self._write_row()
+        self._row.update(metrics)
+        self._row_step = step
+
+    def _write_row(self) -> None:
+        row, self._row = self._row, {}
+        if row:
+            super().log_metrics(row, step=self._row_step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        self._write_row()
+        super().save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._write_row()
+        super().finalize(status)
 
     @property
     @rank_zero_experiment
@@ -123,6 +153,7 @@ class RunLogger(WandbLogger):
     def finish(self, summary: dict[str, Any], run_dir: Path) -> None:
         """End the W&B run (several runs in one process — multiruns, sweeps — must not share one),
         with the headline numbers and summary.json attached; print how to upload an offline run."""
+        self._write_row()
         run = self._experiment
         if run is None or not hasattr(run, "finish"):
             return

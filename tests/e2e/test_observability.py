@@ -83,6 +83,12 @@ def test_wandb_history_has_every_dashboard_metric(first):
     assert mfu and all(0 < m < 1 for m in mfu)
     first_perf_step = min(row["trainer/global_step"] for row in wb.history if "perf/tokens_per_sec" in row)
     assert first_perf_step > WARMUP  # warm-up steps are never part of a rate
+    # one row per logging step: the callbacks' figures share the row of Lightning's own metrics of that step
+    train_rows = [row for row in wb.history if "train/loss" in row]
+    perf_rows = [row for row in wb.history if "perf/tokens_per_sec" in row]
+    assert perf_rows and all("train/loss" in row and "grad_norm" in row for row in perf_rows)
+    steps = [row["trainer/global_step"] for row in train_rows]
+    assert len(steps) == len(set(steps))
 
 
 def test_wandb_summary_uses_min_loss_and_mean_perf(first):
