@@ -272,6 +272,14 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _has_row(run_dir: Path, step: int) -> bool:
+    """Whether the CSV log holds train/loss of `step` yet (read while the run writes it)."""
+    try:
+        return any(r.get("step") == str(step) and r.get("train/loss") for r in metric_rows(run_dir))
+    except (OSError, csv.Error):
+        return False
+
+
 def loss_curve(run_dir: Path) -> dict[int, str]:
     """step -> train/loss as written (a redone step keeps its last value: the session that went on from it)."""
     return {int(r["step"]): r["train/loss"] for r in metric_rows(run_dir) if r.get("train/loss")}
@@ -343,7 +351,10 @@ def test_kill_9_then_the_same_command_continues_bit_identically(text_corpus, tmp
         command, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     deadline = time.time() + 180
-    while not (run_dir / "checkpoints" / "step-15.ckpt").exists():  # past two clock ticks, mid-run
+    # past two clock ticks, mid-run, and past the 15th step's row: Lightning writes a step's metrics after the
+    # callbacks' on_train_batch_end, where step-15.ckpt is saved, so a kill in between loses that row, which
+    # the resumed run (from step 15) does not compute again
+    while not ((run_dir / "checkpoints" / "step-15.ckpt").exists() and _has_row(run_dir, step=14)):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     proc.kill()  # SIGKILL: no handler runs, nothing is saved at the kill
