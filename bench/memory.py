@@ -45,7 +45,8 @@ from lmforge.parallel.pipeline import PipelineStrategy  # noqa: E402
 from lmforge.parallel.tensor import apply_tensor_parallel, loss_parallel_step  # noqa: E402
 from lmforge.parallel.wrap import transformer_blocks  # noqa: E402
 
-KINDS = ("ddp", "fsdp", "fsdp_shard_grad_op", "tp", "pp")
+DATA_PARALLEL = ("ddp", "fsdp", "fsdp_shard_grad_op")  # each rank a replica reading its share of the batch
+KINDS = (*DATA_PARALLEL, "tp", "pp")
 
 SIZES = {
     "small": dict(vocab_size=50304, max_seq_len=1024, n_layer=12, n_head=12, d_model=768),
@@ -57,10 +58,11 @@ for _size in SIZES.values():
 
 
 class _Stage:
-    """What PipelineStrategy reads off a LightningModule (parallel/pipeline.py): the net and its optimizer."""
+    """What PipelineStrategy reads off a LightningModule (parallel/pipeline.py): the net and its optimizer; and the
+    strategy that runs this rank's stage."""
 
-    def __init__(self, net: torch.nn.Module):
-        self.net = net
+    def __init__(self, net: torch.nn.Module, strategy: PipelineStrategy):
+        self.net, self.strategy = net, strategy
         self.automatic_optimization = True
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -72,8 +74,8 @@ class _Stage:
         return None
 
 
-def build(kind: str, size: dict, device: torch.device, args) -> tuple[torch.nn.Module, Any]:
-    """(the module whose parameters the optimizer steps, the PipelineStrategy for pp else None)."""
+def build(kind: str, size: dict, device: torch.device, args) -> tuple[torch.nn.Module, _Stage | None]:
+    """(the module whose parameters the optimizer steps, this rank's pipeline stage for pp else None)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     world = dist.get_world_size()
@@ -100,10 +102,10 @@ def build(kind: str, size: dict, device: torch.device, args) -> tuple[torch.nn.M
     strategy._device_mesh = init_device_mesh(
         device.type, (1, world), mesh_dim_names=("data_parallel", "pipeline_parallel")
     )
-    stage = _Stage(net)
+    stage = _Stage(net, strategy)
     strategy.split_objective(stage)
     net.to(device)
-    return net, strategy
+    return net, stage
 
 
 def _local_bytes(tensors) -> int:
@@ -115,17 +117,15 @@ def _local_bytes(tensors) -> int:
     return total
 
 
-def train_steps(kind: str, model: torch.nn.Module, strategy: Any, ids: torch.Tensor, args) -> int:
+def train_steps(kind: str, model: torch.nn.Module, stage: _Stage | None, ids: torch.Tensor, args) -> int:
     """Run the steps; returns the bytes of parameters and optimizer state this rank holds (measurable on CPU)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    stage = None
-    if strategy is not None:
-        stage = _Stage(model)
+    if stage is not None:
         stage.optimizer = opt
     for _ in range(args.steps):
         with torch.autocast(ids.device.type, dtype=torch.bfloat16):
             if stage is not None:  # the schedule runs forward and backward, micro-batch by micro-batch
-                strategy.forward_backward(stage, {"input_ids": ids, "labels": ids})
+                stage.strategy.forward_backward(stage, {"input_ids": ids, "labels": ids})
             else:
                 with loss_parallel_step(kind == "tp"):  # vocabulary-parallel logits: the loss from their shards
                     logits = model(ids[:, :-1])
@@ -142,15 +142,15 @@ def measure(kind: str, size: dict, args, device: torch.device) -> tuple[float | 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model, strategy = build(kind, size, device, args)
+    model, stage = build(kind, size, device, args)
     world = dist.get_world_size()
-    rows = args.batch * (1 if kind in ("ddp", "fsdp", "fsdp_shard_grad_op") else world)  # same global batch
+    rows = args.batch * (1 if kind in DATA_PARALLEL else world)  # the same global batch for every layout
     seq = size["max_seq_len"]
     gen = torch.Generator().manual_seed(dist.get_rank() if rows == args.batch else 0)  # a replica: the same ids
     ids = torch.randint(0, size["vocab_size"], (rows, seq + (0 if kind == "pp" else 1)), generator=gen).to(device)
-    held = train_steps(kind, model, strategy, ids, args)
+    held = train_steps(kind, model, stage, ids, args)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    del model, strategy
+    del model, stage
     return peak, held
 
 
